@@ -1,0 +1,76 @@
+"""One Settings object for the whole service: embedded defaults, environment overrides.
+
+This module is the only reader of ``os.environ`` (variables ``ATELIER_*``). It also
+forces Hugging Face libraries offline before any of them is imported: no model or
+data set is ever fetched from a hub at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _default_threads() -> int:
+    """Threads for torch: the cores this process may use (2 OpenMP threads on a loaded
+    2-core machine can be slower than one, so callers may lower it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field can be set as ``ATELIER_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore")
+
+    data_dir: Path = Field(Path("~/.atelier"), description="Directory for the database, objects and keys.")
+    cache_dir: Path = Field(
+        Path("~/.cache/atelier"),
+        description="Directory for converted model weights (safe to share between data dirs).",
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    admin_key: SecretStr | None = Field(None, description="Administrator API key to install on first start.")
+    host: str = Field("127.0.0.1", description="Address the HTTP service binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP service binds.")
+    catalog_file: Path | None = Field(None, description="JSON file of extra catalog entries (local HF model dirs).")
+    default_chat_model: str = Field("smollm2-135m-instruct", description="Chat model used when none is named.")
+    default_embedding_model: str = Field("all-minilm-l6-v2", description="Embedding model used when none is named.")
+    threads: int = Field(default_factory=_default_threads, ge=1, le=256, description="torch intra-op threads.")
+    max_batch: int = Field(32, ge=1, le=512, description="Sequences decoded together in one forward pass.")
+    max_waiting: int = Field(64, ge=0, le=100_000, description="Requests queued beyond max_batch before 429.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above).")
+    device: str = Field("cpu", description="torch device for the in-process engine ('cpu' or 'cuda').")
+    url: str = Field("http://127.0.0.1:8000", description="Base URL of the service, for the CLI and the client.")
+    api_key: SecretStr | None = Field(
+        None, description="API key the CLI and the client send; default: <data_dir>/admin.key when present."
+    )
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser()
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir.expanduser()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'atelier.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
