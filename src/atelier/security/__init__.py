@@ -1,0 +1,8 @@
+"""Security: who is calling (principal, API keys), and later what they may do.
+
+Knows nothing about HTTP: the API layer extracts the key from a header and calls in here.
+"""
+
+from atelier.security.principal import Principal
+
+__all__ = ["Principal"]

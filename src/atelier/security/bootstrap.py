@@ -1,0 +1,87 @@
+"""First start: make sure an operator can log in.
+
+On an empty database this creates the ``default`` tenancy and an operator key. The key is
+the administrator's ``ATELIER_ADMIN_KEY`` when set; otherwise a fresh key is generated and
+written once to ``<data dir>/admin.key`` (mode 0600, never world-readable even briefly).
+Knows nothing about HTTP or printing: the caller shows the returned key.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+
+from atelier.security.api_keys import install_key, issue_key
+from atelier.settings import Settings
+from atelier.store import repos
+from atelier.store.db import Database
+
+DEFAULT_TENANCY = "default"
+ADMIN_KEY_FILE = "admin.key"
+
+
+def ensure_operator(db: Database, settings: Settings) -> str | None:
+    """Create the default tenancy and the operator key if needed; safe on every start.
+
+    Args:
+        db: A migrated database.
+        settings: Service settings (``data_path``, ``admin_key``).
+
+    Returns:
+        The raw operator key when one was just generated (also written to
+        ``<data dir>/admin.key``): the caller prints it once. None otherwise: the database
+        already had a tenancy, or ``admin_key`` was set (installed, or already installed).
+
+    Raises:
+        InvalidInput: ``admin_key`` is not an acceptable key (see ``install_key``).
+    """
+    data_dir = settings.data_path
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    admin_key = settings.admin_key.get_secret_value() if settings.admin_key is not None else None
+    for attempt in range(2):
+        try:
+            return _ensure_once(db, data_dir, admin_key)
+        except IntegrityError:  # another process initialized the database at the same time
+            if attempt:
+                raise
+    return None  # pragma: no cover - unreachable
+
+
+def _ensure_once(db: Database, data_dir: Path, admin_key: str | None) -> str | None:
+    with db.session() as session:
+        fresh = not repos.any_tenancy(session)
+        if not fresh and admin_key is None:
+            return None
+        tenancy = repos.get_tenancy_by_name(session, DEFAULT_TENANCY)
+        if tenancy is None:
+            tenancy = repos.create_tenancy(session, DEFAULT_TENANCY)  # flushed: a racing start fails here
+        if admin_key is not None:
+            install_key(session, admin_key, tenancy.id, name="operator (ATELIER_ADMIN_KEY)", role="operator")
+            return None
+        _, raw = issue_key(session, tenancy.id, name="operator", role="operator", expires_in_days=None)
+        # Written before the commit: if writing fails, nothing is committed and the next
+        # start tries again, instead of leaving an operator key that nobody knows.
+        write_private_file(data_dir / ADMIN_KEY_FILE, raw + "\n")
+    return raw
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (0600), atomically.
+
+    The content goes to a temporary file created with mode 0600 (never wider, whatever
+    the umask), then replaces ``path``.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
