@@ -1,0 +1,246 @@
+"""Continuous batching: every active request advances in one shared forward pass per step.
+
+A background thread owns the model. Each loop iteration it (1) drops aborted and finished
+rows, (2) admits waiting requests up to ``max_batch`` (prefilling each and appending its
+KV cache to the batch, left-padded), (3) runs one decode step for all rows at once and
+hands each row's new text to its sink. Requests join and leave between steps; nothing
+waits for a whole batch to finish. Knows nothing about HTTP or tenants.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from atelier.engine.generation import Sequence, TextStream
+from atelier.engine.kv_cache import BatchCache
+from atelier.engine.loading import LoadedModel
+from atelier.engine.sampling import SamplingTensors, sample
+from atelier.engine.types import GenerationRequest, TokenEvent
+from atelier.errors import InvalidInput, QuotaExceeded, Unavailable
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[TokenEvent | BaseException], None]
+
+
+@dataclass
+class _Row:
+    seq: Sequence
+    sink: Sink
+    next_token: int = 0
+
+
+def _make_generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") & (2**63 - 1))
+    return g
+
+
+class Scheduler:
+    """Owns one chat model and batches its requests (see module docstring)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        context_length: int,
+        max_batch: int = 32,
+        max_waiting: int = 64,
+        max_prefill_tokens: int = 1024,
+    ):
+        self.loaded = loaded
+        self.context_length = context_length
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.max_prefill_tokens = max_prefill_tokens
+        self._model = loaded.model
+        self._device = next(self._model.parameters()).device
+        self._n_layers = self._model.config.num_hidden_layers
+        self._vocab = self._model.config.vocab_size
+        self._waiting: deque[_Row] = deque()
+        self._rows: list[_Row] = []
+        self._cache = BatchCache(self._n_layers)
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (B, L) 1 = real token, 0 = left padding
+        self._aborted: set[str] = set()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public, any thread
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> None:
+        """Queue a request; its events go to ``sink`` from the engine thread.
+
+        Raises:
+            InvalidInput: the prompt leaves no room in the context.
+            QuotaExceeded: the waiting queue is full (retry later).
+        """
+        if not request.prompt_ids:
+            raise InvalidInput("the prompt is empty", param="prompt")
+        room = self.context_length - len(request.prompt_ids)
+        if room < 1:
+            raise InvalidInput(
+                f"the prompt has {len(request.prompt_ids)} tokens; this model's context is {self.context_length}",
+                param="messages",
+            )
+        params = request.params
+        seq = Sequence(
+            request=request,
+            stream=TextStream(self.loaded.tokenizer, params.stop),
+            eos_ids=self.loaded.eos_token_ids,
+            max_new=min(params.max_tokens, room),
+            generator=_make_generator(params.seed) if params.temperature > 0 else None,
+            counts=torch.zeros(self._vocab) if (params.frequency_penalty or params.presence_penalty) else None,
+        )
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the engine is shutting down")
+            busy = len(self._rows) >= self.max_batch
+            if busy and len(self._waiting) >= self.max_waiting:
+                raise QuotaExceeded(
+                    f"the model is busy: {len(self._rows)} requests running and {len(self._waiting)} queued",
+                    retry_after=2.0,
+                )
+            self._waiting.append(_Row(seq, sink))
+            self._cond.notify()
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; its batch slot is freed before the next decode step."""
+        with self._cond:
+            self._aborted.add(request_id)
+            self._cond.notify()
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {"running": len(self._rows), "waiting": len(self._waiting), "steps": self.steps}
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._closed and not self._waiting and not self._rows and not self._aborted:
+                        self._cond.wait()
+                    if self._closed:
+                        self._fail_all(Unavailable("the engine was shut down"))
+                        return
+                    aborted, self._aborted = self._aborted, set()
+                    self._waiting = deque(r for r in self._waiting if r.seq.request.request_id not in aborted)
+                    admitted = self._take_waiting()
+                for row in self._rows:
+                    if row.seq.request.request_id in aborted:
+                        row.seq.aborted = True
+                try:
+                    self._drop_done()
+                    for row in admitted:
+                        self._prefill(row)
+                    self._drop_done()
+                    if self._rows:
+                        self._decode_step()
+                except Exception as exc:  # noqa: BLE001 - a failed step must not kill the engine thread
+                    log.exception("engine step failed")
+                    error = Unavailable(f"generation failed: {exc}")
+                    for row in admitted:
+                        if row not in self._rows and row.seq.finish_reason is None:
+                            row.sink(error)
+                    self._fail_all(error)
+
+    def _take_waiting(self) -> list[_Row]:
+        admitted: list[_Row] = []
+        budget = self.max_prefill_tokens
+        while self._waiting and len(self._rows) + len(admitted) < self.max_batch:
+            need = self._waiting[0].seq.prompt_len
+            if admitted and need > budget:
+                break
+            admitted.append(self._waiting.popleft())
+            budget -= need
+        return admitted
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for row in list(self._rows) + list(self._waiting):
+            row.sink(exc)
+        self._rows, self._waiting = [], deque()
+        self._cache = BatchCache(self._n_layers)
+        self._mask = torch.zeros((0, 0), dtype=torch.long)
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        seqs = [r.seq for r in rows]
+        st = SamplingTensors.from_params([s.request.params for s in seqs], device=logits.device)
+        counts = None
+        if any(s.counts is not None for s in seqs):
+            counts = torch.stack([s.counts if s.counts is not None else torch.zeros(self._vocab) for s in seqs])
+        return sample(logits, st, counts, [s.generator for s in seqs]).tolist()  # (B,)
+
+    def _emit(self, row: _Row, token: int) -> None:
+        event = row.seq.append(token)
+        row.next_token = token
+        row.sink(event)
+
+    def _prefill(self, row: _Row) -> None:
+        ids = torch.tensor([row.seq.request.prompt_ids], device=self._device)  # (1, T)
+        cache = BatchCache(self._n_layers)
+        out = self._model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()  # (1, V)
+        self._emit(row, self._sample([row], logits)[0])
+        if row.seq.finish_reason is not None:
+            return
+        pad_old, pad_new = self._cache.join(cache)
+        t = ids.shape[1]
+        new_mask = torch.cat([torch.zeros((1, pad_new), dtype=torch.long), torch.ones((1, t), dtype=torch.long)], 1)
+        if self._rows:
+            old_mask = torch.cat([torch.zeros((self._mask.shape[0], pad_old), dtype=torch.long), self._mask], 1)
+            self._mask = torch.cat([old_mask, new_mask], 0)  # (B+1, L)
+        else:
+            self._mask = new_mask  # (1, T)
+        self._rows.append(row)
+
+    def _drop_done(self) -> None:
+        keep = [i for i, r in enumerate(self._rows) if r.seq.finish_reason is None and not r.seq.aborted]
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache = BatchCache(self._n_layers)
+            self._mask = torch.zeros((0, 0), dtype=torch.long)
+            return
+        index = torch.tensor(keep)
+        self._cache.select(index)
+        self._mask = self._mask.index_select(0, index)  # (B', L)
+        unused = int((self._mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
+        if unused:
+            self._cache.trim_left(unused)
+            self._mask = self._mask[:, unused:]
+
+    def _decode_step(self) -> None:
+        rows = self._rows
+        b = len(rows)
+        input_ids = torch.tensor([[r.next_token] for r in rows], device=self._device)  # (B, 1)
+        positions = torch.tensor([[r.seq.total_len - 1] for r in rows], device=self._device)  # (B, 1)
+        self._mask = torch.cat([self._mask, torch.ones((b, 1), dtype=torch.long)], 1)  # (B, L+1)
+        out = self._model(
+            input_ids=input_ids,
+            attention_mask=self._mask.to(self._device),
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        for row, token in zip(rows, self._sample(rows, logits)):
+            self._emit(row, token)
+        self.steps += 1
