@@ -152,6 +152,7 @@ class Scheduler:
                     self._drop_done()
                     if self._rows:
                         self._decode_step()
+                        self._drop_done()
                 except Exception as exc:  # noqa: BLE001 - a failed step must not kill the engine thread
                     log.exception("engine step failed")
                     error = Unavailable(f"generation failed: {exc}")
