@@ -131,7 +131,10 @@ class LocalEngine:
         queue: asyncio.Queue = asyncio.Queue()
 
         def sink(item) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the caller's event loop is gone: nobody is listening
+                pass
 
         sched.submit(request, sink)
         finished = False
