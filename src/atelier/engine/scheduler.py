@@ -1,8 +1,8 @@
 """Continuous batching: every active request advances in one shared forward pass per step.
 
 A background thread owns the model. Each loop iteration it (1) drops aborted and finished
-rows, (2) admits waiting requests up to ``max_batch`` (prefilling each and appending its
-KV cache to the batch, left-padded), (3) runs one decode step for all rows at once and
+rows, (2) admits waiting requests up to ``max_batch`` (prefilling them together in one
+left-padded forward pass and appending their KV cache to the batch), (3) runs one decode step for all rows at once and
 hands each row's new text to its sink. Requests join and leave between steps; nothing
 waits for a whole batch to finish. Knows nothing about HTTP or tenants.
 """
@@ -70,6 +70,7 @@ class Scheduler:
         self._aborted: set[str] = set()
         self._cond = threading.Condition()
         self._closed = False
+        self._admitting = 0  # rows taken from the queue and being prefilled right now
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
@@ -103,8 +104,8 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise Unavailable("the engine is shutting down")
-            busy = len(self._rows) >= self.max_batch
-            if busy and len(self._waiting) >= self.max_waiting:
+            in_flight = len(self._rows) + self._admitting + len(self._waiting)
+            if in_flight >= self.max_batch + self.max_waiting:
                 raise QuotaExceeded(
                     f"the model is busy: {len(self._rows)} requests running and {len(self._waiting)} queued",
                     retry_after=2.0,
@@ -142,13 +143,14 @@ class Scheduler:
                     aborted, self._aborted = self._aborted, set()
                     self._waiting = deque(r for r in self._waiting if r.seq.request.request_id not in aborted)
                     admitted = self._take_waiting()
+                    self._admitting = len(admitted)
                 for row in self._rows:
                     if row.seq.request.request_id in aborted:
                         row.seq.aborted = True
                 try:
                     self._drop_done()
-                    for row in admitted:
-                        self._prefill(row)
+                    if admitted:
+                        self._prefill(admitted)
                     self._drop_done()
                     if self._rows:
                         self._decode_step()
@@ -160,16 +162,19 @@ class Scheduler:
                         if row not in self._rows and row.seq.finish_reason is None:
                             row.sink(error)
                     self._fail_all(error)
+                finally:
+                    with self._cond:
+                        self._admitting = 0
 
     def _take_waiting(self) -> list[_Row]:
         admitted: list[_Row] = []
         budget = self.max_prefill_tokens
+        longest = 0
         while self._waiting and len(self._rows) + len(admitted) < self.max_batch:
-            need = self._waiting[0].seq.prompt_len
-            if admitted and need > budget:
+            longest = max(longest, self._waiting[0].seq.prompt_len)
+            if admitted and longest * (len(admitted) + 1) > budget:  # left padding costs too
                 break
             admitted.append(self._waiting.popleft())
-            budget -= need
         return admitted
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -192,23 +197,41 @@ class Scheduler:
         row.next_token = token
         row.sink(event)
 
-    def _prefill(self, row: _Row) -> None:
-        ids = torch.tensor([row.seq.request.prompt_ids], device=self._device)  # (1, T)
+    def _prefill(self, rows: list[_Row]) -> None:
+        """Prefill ``rows`` together (left-padded), sample their first tokens, join the batch."""
+        prompts = [r.seq.request.prompt_ids for r in rows]
+        t = max(len(p) for p in prompts)
+        pad = self.loaded.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (t - len(p)) + list(p) for p in prompts], device=self._device)  # (n, T)
+        mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)  # (n, T)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # (n, T)
         cache = BatchCache(self._n_layers)
-        out = self._model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()  # (1, V)
-        self._emit(row, self._sample([row], logits)[0])
-        if row.seq.finish_reason is not None:
+        out = self._model(
+            input_ids=ids,
+            attention_mask=mask.to(self._device),
+            position_ids=positions.to(self._device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float()  # (n, V)
+        for row, token in zip(rows, self._sample(rows, logits)):
+            self._emit(row, token)
+        keep = [i for i, r in enumerate(rows) if r.seq.finish_reason is None]
+        if not keep:
             return
+        if len(keep) < len(rows):
+            index = torch.tensor(keep)
+            cache.select(index)
+            mask = mask.index_select(0, index)  # (n', T)
         pad_old, pad_new = self._cache.join(cache)
-        t = ids.shape[1]
-        new_mask = torch.cat([torch.zeros((1, pad_new), dtype=torch.long), torch.ones((1, t), dtype=torch.long)], 1)
+        new_mask = torch.cat([torch.zeros((len(keep), pad_new), dtype=torch.long), mask], 1)
         if self._rows:
             old_mask = torch.cat([torch.zeros((self._mask.shape[0], pad_old), dtype=torch.long), self._mask], 1)
-            self._mask = torch.cat([old_mask, new_mask], 0)  # (B+1, L)
+            self._mask = torch.cat([old_mask, new_mask], 0)  # (B+n', L)
         else:
-            self._mask = new_mask  # (1, T)
-        self._rows.append(row)
+            self._mask = new_mask  # (n', T)
+        self._rows.extend(rows[i] for i in keep)
 
     def _drop_done(self) -> None:
         keep = [i for i, r in enumerate(self._rows) if r.seq.finish_reason is None and not r.seq.aborted]

@@ -88,6 +88,18 @@ def test_batched_greedy_equals_solo(sched):
     wait_idle(sched)
 
 
+def test_prompts_of_different_lengths_prefilled_together_equal_solo(sched):
+    requests = [req(f"p{i}", p, max_tokens=10) for i, p in enumerate(PROMPTS)]
+    solo = {r.request_id: run(sched, [r]).tokens(r.request_id) for r in requests}
+    col = Collector()
+    with sched._cond:  # the engine thread cannot take any of them before all are queued
+        for r in requests:
+            sched.submit(r, col.sink(r.request_id))
+    col.wait(len(requests))
+    for r in requests:
+        assert col.tokens(r.request_id) == solo[r.request_id]
+
+
 def test_rows_join_while_others_decode(sched):
     col = Collector()
     first = req("long", "start", max_tokens=40)
@@ -167,6 +179,24 @@ def test_full_queue_raises_quota_exceeded():
         assert info.value.retry_after > 0
         s.abort("a")
         col.wait(1)  # b completes
+    finally:
+        s.close()
+
+
+def test_burst_before_admission_is_bounded():
+    s = Scheduler(LM, context_length=256, max_batch=1, max_waiting=1)
+    try:
+        col = Collector()
+        accepted, refused = [], 0
+        with s._cond:  # nothing is admitted or finished while the burst arrives
+            for i in range(5):
+                try:
+                    s.submit(req(f"b{i}", "burst", max_tokens=3), col.sink(f"b{i}"))
+                    accepted.append(f"b{i}")
+                except QuotaExceeded:
+                    refused += 1
+        assert (len(accepted), refused) == (2, 3)
+        col.wait(len(accepted))
     finally:
         s.close()
 
