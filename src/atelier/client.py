@@ -373,19 +373,11 @@ class AtelierClient:
         return Embeddings(data.get("model") or model or "", vectors, Usage.from_json(data.get("usage")), data)
 
     def tokenize(self, model: str | None, text: str) -> Tokens:
-        """``POST /v1/tokenize``: ``{"model", "text"}`` → ids, token strings and count.
-
-        The expected answer is ``{"tokens": [int], "token_strings": [str], "count": int}``;
-        ``ids`` / ``strings`` are accepted as the names of the two lists too.
-        """
+        """``POST /v1/tokenize``: ``{"model", "text"}`` → ``{"ids", "tokens", "count"}``."""
         data = self._request("POST", "/v1/tokenize", _drop_none({"model": model, "text": text}))
-        ids = data.get("ids")
-        if ids is None:
-            ids = data.get("tokens") or data.get("token_ids") or []
-        strings = data.get("token_strings")
-        if strings is None:
-            strings = data.get("strings") or []
-        return Tokens([int(i) for i in ids], [str(s) for s in strings], int(data.get("count", len(ids))))
+        ids = [int(i) for i in data.get("ids") or []]
+        strings = [str(s) for s in data.get("tokens") or []]
+        return Tokens(ids, strings, int(data.get("count", len(ids))))
 
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: the model objects (``id``, ``capabilities``, limits)."""

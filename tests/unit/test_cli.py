@@ -313,7 +313,7 @@ def test_embed_prints_dimensions_and_vectors():
 
 
 def test_tokenize_prints_ids_tokens_count():
-    answer = {"tokens": [19556, 905], "token_strings": ["Hello", " wörld"], "count": 2}
+    answer = {"model": "smollm2-135m-instruct", "ids": [19556, 905], "tokens": ["Hello", " wörld"], "count": 2}
     server = Server(lambda request: httpx.Response(200, json=answer))
     result = run(server, "tokenize", "Hello wörld")
     assert result.exit_code == 0, result.output
