@@ -1,0 +1,99 @@
+"""The FastAPI application: ``create_app`` wires settings, store, keys, catalog and engine.
+
+The lifespan prepares the data directory (0700), migrates the database, makes sure an
+operator key exists (printing a newly generated one once), loads the catalog and starts
+the engine; on shutdown it closes what it opened. Routes live one module per resource;
+errors become HTTP in ``api/errors.py`` only; every ``/v1`` route requires a bearer key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from atelier import __version__
+from atelier.api import health
+from atelier.api.body_limit import BodySizeLimit
+from atelier.api.deps import require_principal
+from atelier.api.errors import install_error_handlers
+from atelier.api.openai import chat, completions, embeddings, models, tokenize
+from atelier.catalog import Catalog
+from atelier.engine.client import EngineClient, LocalEngine
+from atelier.security.bootstrap import ADMIN_KEY_FILE, ensure_operator
+from atelier.settings import Settings, get_settings
+from atelier.store.db import Database
+
+log = logging.getLogger(__name__)
+
+V1_ROUTERS = (chat.router, completions.router, embeddings.router, models.router, tokenize.router)
+
+DESCRIPTION = (
+    "Self-hosted generative AI: OpenAI-compatible chat, completions and embeddings on local models. "
+    "Every `/v1` route requires `Authorization: Bearer <API key>`."
+)
+
+
+def _prepare_store(settings: Settings) -> tuple[Database, str | None]:
+    """Create the data dir, migrate the database, ensure the operator key (blocking)."""
+    settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    try:
+        db.migrate()
+        new_key = ensure_operator(db, settings)
+    except BaseException:
+        db.dispose()
+        raise
+    return db, new_key
+
+
+def create_app(
+    settings: Settings | None = None,
+    engine: EngineClient | None = None,
+    catalog: Catalog | None = None,
+) -> FastAPI:
+    """Build the HTTP application.
+
+    Args:
+        settings: Service settings; default: from the environment.
+        engine: The inference engine; default: a ``LocalEngine`` over the catalog, created
+            at startup and closed at shutdown. A given engine belongs to the caller, who
+            closes it.
+        catalog: The model catalog; default: ``Catalog.load(settings.catalog_file)``.
+
+    Returns:
+        The FastAPI app; its lifespan (run by uvicorn, or ``with TestClient(app)``) opens
+        the store and the engine.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db, new_key = await run_in_threadpool(_prepare_store, settings)
+        if new_key is not None:
+            print(f"Administrator API key (saved to {settings.data_path / ADMIN_KEY_FILE}): {new_key}", flush=True)
+        own_engine = None
+        try:
+            app.state.db = db
+            app.state.catalog = catalog or Catalog.load(settings.catalog_file)
+            if engine is None:
+                own_engine = LocalEngine(app.state.catalog, settings)
+            app.state.engine = engine or own_engine
+            log.info("Atelier %s ready (data dir %s)", __version__, settings.data_path)
+            yield
+        finally:
+            if own_engine is not None:
+                await run_in_threadpool(own_engine.close)
+            db.dispose()
+
+    app = FastAPI(title="Atelier", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)  # last: its catch-all middleware wraps the body limit too
+    app.include_router(health.router)
+    for router in V1_ROUTERS:
+        app.include_router(router, prefix="/v1", dependencies=[require_principal])
+    return app

@@ -1,0 +1,86 @@
+"""Pure ASGI middleware that refuses request bodies over a size limit with 413.
+
+A declared ``Content-Length`` over the limit is refused before anything is read. A body
+without one (chunked) or that lies about its length is counted as it streams in: once the
+count passes the limit, reading stops, whatever the application was about to answer is
+dropped, and the 413 error object is sent instead. Knows nothing about routes or models.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from atelier.api.errors import domain_error_response
+from atelier.errors import TooLarge
+
+
+class BodyTooLarge(Exception):
+    """Raised into the application's ``receive`` once the body passes the limit."""
+
+
+class BodySizeLimit:
+    """Refuse HTTP request bodies over ``max_bytes`` (413, OpenAI error object).
+
+    Args:
+        app: The wrapped ASGI application.
+        max_bytes: The largest accepted body, in bytes.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> TooLarge:
+        return TooLarge(f"The request body is larger than the limit of {self.max_bytes} bytes.")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await domain_error_response(self._too_large())(scope, receive, send)
+            return
+
+        received = 0
+        exceeded = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    raise BodyTooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded and not started:
+                return  # the app's answer to an aborted read is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await domain_error_response(self._too_large())(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared ``Content-Length``, or None when absent or unreadable."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

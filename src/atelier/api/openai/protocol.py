@@ -1,0 +1,422 @@
+"""OpenAI-compatible request and response schemas, with Atelier's extensions marked as such.
+
+Requests carry every bound the API promises (a value out of bounds is a 400 naming the
+parameter, via ``api/errors.py``); unknown fields are ignored, as newer clients send
+options this server has no use for, but the OpenAI options it cannot honour (``n`` > 1,
+``logprobs``, tools, JSON mode, ``echo``...) are refused rather than silently dropped.
+Responses have the exact shape of OpenAI's objects, so the official client and LangChain
+parse them. This module holds schemas only: no model math and no engine calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+
+from atelier.engine.embedding import MAX_INPUTS
+from atelier.engine.types import SamplingParams
+from atelier.prompts.templates import Example
+
+MAX_STOP = 4
+MAX_TEXT = 1_000_000
+"""Largest single text field, in characters (the body limit applies first in practice)."""
+
+# ---------------------------------------------------------------- requests
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(BaseModel):
+    """Options for a streamed response."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(False, description="Send a last chunk with `choices: []` and the usage.")
+
+
+class _Generation(_Request):
+    """Sampling fields shared by chat and text completions."""
+
+    model: str = Field(min_length=1, max_length=200, description="Catalog name of the model (see GET /v1/models).")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens to generate; default: as many as the model's limit and context allow."
+    )
+    temperature: float | None = Field(1.0, ge=0, le=2, description="Sampling temperature; 0 is greedy, deterministic.")
+    top_p: float | None = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest set of tokens reaching this mass."
+    )
+    top_k: int | None = Field(
+        0, ge=0, description="Atelier extension: keep the k most likely tokens (before top_p); 0 disables."
+    )
+    frequency_penalty: float | None = Field(0.0, ge=-2, le=2, description="Penalty per past occurrence of a token.")
+    presence_penalty: float | None = Field(0.0, ge=-2, le=2, description="Penalty on every token already generated.")
+    stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP} strings that end the generation.")
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**64 - 1, description="Same seed and parameters give the same text."
+    )
+    stream: bool = Field(False, description="Stream the answer as server-sent events.")
+    stream_options: StreamOptions | None = Field(None, description="Options for `stream: true`.")
+    n: int = Field(1, description="Number of choices; only 1 is supported.")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be absent or empty.")
+    user: str | None = Field(None, max_length=256, description="End-user id; accepted and ignored.")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are supported")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence must not be empty")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _check_n(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict | None) -> dict | None:
+        if value:
+            raise ValueError("logit_bias is not supported")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        """The requested token limit and the name of the parameter that carried it."""
+        return self.max_tokens, "max_tokens"
+
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        """The engine's sampling parameters, defaults filled in for null fields."""
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_k=self.top_k or 0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            stop=stop,
+            seed=self.seed,
+        )
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only ``{"type": "text", "text": ...}`` is supported."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Part type; only 'text' is supported.")
+    text: str | None = Field(None, max_length=MAX_TEXT, description="The text of a text part.")
+
+
+class ChatMessage(BaseModel):
+    """One chat message (``developer`` is read as ``system``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="Who speaks.")
+    content: str | list[ContentPart] | None = Field(description="The text, or a list of text parts.")
+    name: str | None = Field(None, max_length=256, description="Participant name; ignored.")
+
+
+class ChatCompletionRequest(_Generation):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (newer name); wins if both.")
+    logprobs: bool | None = Field(None, description="Not supported: must be absent or false.")
+    top_logprobs: int | None = Field(None, description="Not supported: must be absent or 0.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported: must be absent or empty.")
+    response_format: dict[str, Any] | None = Field(None, description="Only {'type': 'text'} is supported.")
+    preamble: str | None = Field(
+        None, max_length=MAX_TEXT, description="Atelier extension: system prompt that replaces any system message."
+    )
+    chat_format: Literal["template", "llama2", "chatml"] | None = Field(
+        None, description="Atelier extension: prompt format; default: the model's own ('template' for built-ins)."
+    )
+    examples: list[Example] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Atelier extension: k-shot examples, put as turns before the last user message.",
+    )
+    chain_of_thought: bool = Field(
+        False, description="Atelier extension: ask for step-by-step reasoning on the last user message (zero-shot CoT)."
+    )
+
+    @field_validator("logprobs")
+    @classmethod
+    def _check_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("logprobs are not supported by this server")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _check_top_logprobs(cls, value: int | None) -> int | None:
+        if value:
+            raise ValueError("top_logprobs are not supported by this server")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _check_tools(cls, value: list | None) -> list | None:
+        if value:
+            raise ValueError("tools are not supported by this server")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _check_response_format(cls, value: dict | None) -> dict | None:
+        if value and value.get("type", "text") != "text":
+            raise ValueError("only response_format {'type': 'text'} is supported")
+        return value
+
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
+
+
+class CompletionRequest(_Generation):
+    """``POST /v1/completions``: one prompt, as text or as token ids."""
+
+    prompt: str | list[str] | list[int] = Field(description="The text to continue: a string, [string] or token ids.")
+    echo: bool = Field(False, description="Not supported: must be false.")
+    suffix: str | None = Field(None, description="Not supported: must be absent.")
+    best_of: int | None = Field(None, description="Not supported: must be absent or 1.")
+    logprobs: int | None = Field(None, description="Not supported: must be absent.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: str | list) -> str | list:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("prompt must not be an empty list")
+            if isinstance(value[0], str) and len(value) != 1:
+                raise ValueError("only one prompt per request is supported")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _check_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _check_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("suffix is not supported")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _check_best_of(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _check_logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("logprobs are not supported by this server")
+        return value
+
+
+class EmbeddingRequest(_Request):
+    """``POST /v1/embeddings``."""
+
+    model: str = Field(min_length=1, max_length=200, description="Catalog name of an embedding model.")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description=f"A text or a list of 1 to {MAX_INPUTS} texts."
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="'float' lists, or 'base64' of little-endian float32 (the openai client's default)."
+    )
+    dimensions: int | None = Field(None, ge=1, description="Must equal the model's dimensions if given.")
+    truncate: Literal["NONE", "START", "END"] = Field(
+        "END", description="Atelier extension: over-long input is refused (NONE) or cut at its start or end."
+    )
+    input_type: Literal["search_document", "search_query", "classification", "clustering"] | None = Field(
+        None, description="Atelier extension: the texts' role; applied where the model defines prefixes."
+    )
+    user: str | None = Field(None, max_length=256, description="End-user id; accepted and ignored.")
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, value: str | list) -> str | list:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("input must hold at least one text")
+            if not all(isinstance(v, str) for v in value):
+                raise ValueError(
+                    "token-id input is not supported: send text (LangChain's OpenAIEmbeddings: "
+                    "check_embedding_ctx_length=False)"
+                )
+            if len(value) > MAX_INPUTS:
+                raise ValueError(f"input holds {len(value)} texts, more than the limit of {MAX_INPUTS}")
+        return value
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(_Request):
+    """``POST /v1/tokenize`` (Atelier extension)."""
+
+    model: str | None = Field(
+        None, min_length=1, max_length=200, description="Catalog name of the model; default: the default chat model."
+    )
+    text: str = Field(max_length=MAX_TEXT, description="The text to tokenize (no special tokens are added).")
+
+
+# ---------------------------------------------------------------- responses
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class UsageInfo(BaseModel):
+    """Exact token counts of a request."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's ``chat.completion`` object."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ChunkDelta(BaseModel):
+    """What a chunk adds to the message; absent fields are left out of the JSON."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: Any) -> dict:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """OpenAI's ``chat.completion.chunk`` object (one SSE event)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChunkChoice]
+    usage: UsageInfo | None = None
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int = 0
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class Completion(BaseModel):
+    """OpenAI's ``text_completion`` object (also each streamed chunk)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="The vector, or base64 of little-endian float32.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    """OpenAI's embeddings response."""
+
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ModelCard(BaseModel):
+    """OpenAI's ``model`` object, with Atelier's extra fields on limits and uses."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    capabilities: list[str] = Field(description="e.g. ['chat', 'completion'] or ['embedding'].")
+    context_length: int = Field(description="Prompt + output tokens (chat) or tokens per input (embedding).")
+    max_output_tokens: int = Field(description="Largest max_tokens a request may ask (chat models; 0 otherwise).")
+    dimensions: int = Field(description="Embedding size (embedding models; 0 otherwise).")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    model: str
+    ids: list[int]
+    tokens: list[str] = Field(description="Each id decoded on its own.")
+    count: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    engine: dict[str, Any]
