@@ -60,6 +60,14 @@ class Conflict(AtelierError):
     code = "conflict"
 
 
+class Undecryptable(Conflict):
+    """A sealed object cannot be opened (409): its bytes or wrapped key were altered or
+    moved to another tenancy or object, its key version is retired (rewrap it), or its
+    tenancy's key ring was shredded. The message says which when that is knowable."""
+
+    code = "undecryptable"
+
+
 class QuotaExceeded(AtelierError):
     """A limit or a full queue (429). ``retry_after`` is in seconds."""
 

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="API key the CLI and the client send; default: <data_dir>/admin.key when present."
     )
+    root_key: SecretStr | None = Field(
+        None,
+        description="Root secret of the key rings, base64 of 32 bytes; default: read from root_key_file.",
+    )
+    root_key_file: Path | None = Field(
+        None,
+        description="File holding the root secret (mode 0600, created on first start); default <data_dir>/root.key.",
+    )
 
     @property
     def data_path(self) -> Path:
@@ -68,6 +76,11 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_path / 'atelier.db'}"
+
+    @property
+    def root_key_path(self) -> Path:
+        """Where the root secret is read from (and written on first start) when ``root_key`` is unset."""
+        return (self.root_key_file or self.data_path / "root.key").expanduser()
 
 
 @lru_cache(maxsize=1)

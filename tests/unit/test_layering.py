@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "atelier"
 FORBIDDEN = {
     "engine": ("fastapi", "starlette", "sqlalchemy", "alembic", "atelier.security", "atelier.store", "atelier.api"),
     "prompts": ("fastapi", "starlette", "sqlalchemy", "atelier.security", "atelier.store", "atelier.api"),
-    "store": ("fastapi", "starlette", "atelier.api", "atelier.engine"),
+    "store": ("fastapi", "starlette", "atelier.api", "atelier.engine", "atelier.security"),
     "security": ("fastapi", "starlette", "atelier.api", "atelier.engine"),
 }
 

@@ -14,7 +14,18 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from sqlalchemy import CheckConstraint, DateTime, Dialect, ForeignKey, MetaData, String, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 Role = Literal["operator", "admin", "user"]
@@ -110,3 +121,90 @@ class ApiKey(Base):
 
     def __repr__(self) -> str:  # never shows the hashes
         return f"ApiKey(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r}, role={self.role!r})"
+
+
+# --- key rings and sealed objects (migration 0002) -----------------------------------
+
+KeyState = Literal["enabled", "retired"]
+KEY_STATES: tuple[KeyState, ...] = ("enabled", "retired")
+"""``retired``: below the ring's ``min_decrypt_version``; still usable by rewrap, never by open."""
+
+OBJECT_KINDS: tuple[str, ...] = ("file", "dataset", "adapter", "document")
+"""What a stored object holds; checked in code (not by the database) so a kind can be added freely."""
+
+
+class KeyRing(Base):
+    """A tenancy's key ring: which key version new writes use and the oldest one reads accept.
+
+    Deleting the ring and its versions is crypto-shredding: the tenancy's objects can never
+    be opened again. The root secret that wraps the versions is never in the database.
+    """
+
+    __tablename__ = "key_rings"
+    __table_args__ = (
+        CheckConstraint("min_decrypt_version >= 1 AND min_decrypt_version <= current_version", name="versions"),
+    )
+
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), primary_key=True)
+    current_version: Mapped[int]
+    min_decrypt_version: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyRing(tenancy_id={self.tenancy_id!r}, current_version={self.current_version}, "
+            f"min_decrypt_version={self.min_decrypt_version})"
+        )
+
+
+class KeyVersion(Base):
+    """One version of a tenancy's key-encryption key (KEK), wrapped by the root key.
+
+    ``wrapped_key`` is AES-256-GCM of the 32-byte KEK under a key derived from the root
+    secret, with associated data ``kek:{tenancy_id}:{version}``.
+    """
+
+    __tablename__ = "key_versions"
+    __table_args__ = (
+        UniqueConstraint("tenancy_id", "version"),
+        CheckConstraint("version >= 1", name="version"),
+        CheckConstraint("state IN ('enabled', 'retired')", name="state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("kv"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    version: Mapped[int]
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default="enabled")
+
+    def __repr__(self) -> str:  # never shows key material
+        return f"KeyVersion(tenancy_id={self.tenancy_id!r}, version={self.version}, state={self.state!r})"
+
+
+class StoredObject(Base):
+    """Metadata of one sealed object; its ciphertext lives in the object store's backend.
+
+    Holds what opening needs besides the ciphertext (payload nonce, wrapped data key, its
+    nonce and key version) and nothing derived from the plaintext: no hash (it would
+    reveal which objects are equal), no name. ``size`` is the ciphertext length.
+    """
+
+    __tablename__ = "objects"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("obj"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    key_version: Mapped[int]
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    dek_nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return (
+            f"StoredObject(id={self.id!r}, tenancy_id={self.tenancy_id!r}, kind={self.kind!r}, "
+            f"size={self.size}, key_version={self.key_version})"
+        )
