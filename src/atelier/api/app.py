@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from atelier import __version__
 from atelier.api import health
 from atelier.api.body_limit import BodySizeLimit
-from atelier.api.deps import require_principal
+from atelier.api.access import require_access
 from atelier.api.errors import install_error_handlers
 from atelier.api.openai import chat, completions, embeddings, models, tokenize
 from atelier.catalog import Catalog
@@ -95,5 +95,5 @@ def create_app(
     install_error_handlers(app)  # last: its catch-all middleware wraps the body limit too
     app.include_router(health.router)
     for router in V1_ROUTERS:
-        app.include_router(router, prefix="/v1", dependencies=[require_principal])
+        app.include_router(router, prefix="/v1", dependencies=[require_access])
     return app

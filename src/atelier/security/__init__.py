@@ -3,6 +3,6 @@
 Knows nothing about HTTP: the API layer extracts the key from a header and calls in here.
 """
 
-from atelier.security.principal import Principal
+from atelier.principal import Principal
 
 __all__ = ["Principal"]

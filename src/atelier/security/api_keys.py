@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from atelier.errors import Conflict, InvalidInput, Unauthenticated
-from atelier.security.principal import Principal
+from atelier.principal import Principal
 from atelier.store import repos
 from atelier.store.tables import ApiKey, utcnow
 
@@ -164,9 +164,9 @@ def authenticate(session: Session, raw: str | None, *, now: datetime | None = No
     if key is None:
         hmac.compare_digest(digest, "0" * 64)  # spend the same time as for a wrong secret
         raise Unauthenticated(INCORRECT)
-    if not _matches(key, digest):
-        raise Unauthenticated(INCORRECT)
     now = now or utcnow()
+    if not _matches(key, digest, now):
+        raise Unauthenticated(INCORRECT)
     if key.revoked_at is not None:
         raise Unauthenticated(REVOKED)
     if key.expires_at is not None and key.expires_at <= now:
@@ -174,11 +174,17 @@ def authenticate(session: Session, raw: str | None, *, now: datetime | None = No
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
         key.last_used_at = now
         session.flush()
-    return Principal(tenancy_id=key.tenancy_id, key_id=key.id, role=key.role)
+    groups = repos.group_names_of(session, key.tenancy_id, key.user_id) if key.user_id else frozenset()
+    return Principal(tenancy_id=key.tenancy_id, key_id=key.id, role=key.role, user_id=key.user_id, groups=groups)
 
 
-def _matches(key: ApiKey, digest: str) -> bool:
-    """Whether ``digest`` equals either stored secret hash (constant time, both checked)."""
+def _matches(key: ApiKey, digest: str, now: datetime | None = None) -> bool:
+    """Whether ``digest`` equals either stored secret hash (constant time, both checked).
+
+    The second secret (the one being rotated out) counts only until ``secret_2_expires_at``.
+    """
     first = hmac.compare_digest(digest, key.secret_hash_1)
     second = key.secret_hash_2 is not None and hmac.compare_digest(digest, key.secret_hash_2)
+    if second and key.secret_2_expires_at is not None and now is not None and key.secret_2_expires_at <= now:
+        second = False
     return first | second

@@ -15,7 +15,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from atelier.errors import Conflict, InvalidInput, NotFound
-from atelier.store.tables import NAME_LENGTH, ROLES, ApiKey, Tenancy, new_id, utcnow
+from atelier.store.tables import NAME_LENGTH, ROLES, ApiKey, Group, GroupMember, Policy, Tenancy, new_id, utcnow
 
 
 def _check_name(name: str) -> str:
@@ -165,3 +165,22 @@ def revoke_api_key(session: Session, tenancy_id: str, key_id: str) -> ApiKey:
         key.revoked_at = utcnow()
         session.flush()
     return key
+
+
+# --- what authorization reads on every request ----------------------------------------
+
+
+def group_names_of(session: Session, tenancy_id: str, user_id: str) -> frozenset[str]:
+    """Names of the groups of ``user_id`` in ``tenancy_id`` (empty for another tenancy's user)."""
+    query = (
+        select(Group.name)
+        .join(GroupMember, GroupMember.group_id == Group.id)
+        .where(GroupMember.user_id == user_id, GroupMember.tenancy_id == tenancy_id, Group.tenancy_id == tenancy_id)
+    )
+    return frozenset(session.scalars(query))
+
+
+def policy_texts(session: Session, tenancy_id: str) -> list[str]:
+    """The statements text of every policy of the tenancy, oldest policy first."""
+    query = select(Policy.statements).where(Policy.tenancy_id == tenancy_id).order_by(Policy.created_at, Policy.id)
+    return list(session.scalars(query))

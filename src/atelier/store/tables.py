@@ -22,7 +22,10 @@ from sqlalchemy import (
     ForeignKey,
     LargeBinary,
     MetaData,
+    Boolean,
+    Integer,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -114,6 +117,10 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     secret_hash_1: Mapped[str] = mapped_column(String(64))
     secret_hash_2: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("users.id"), index=True)
+    """The user the key acts as (migration 0003); None for installed keys and the first operator key."""
+    secret_2_expires_at: Mapped[datetime | None]
+    """When the second (older, being rotated out) secret stops working, if one is set."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
@@ -208,3 +215,155 @@ class StoredObject(Base):
             f"StoredObject(id={self.id!r}, tenancy_id={self.tenancy_id!r}, kind={self.kind!r}, "
             f"size={self.size}, key_version={self.key_version})"
         )
+
+
+# --- identity, policies, audit, alerts, limits (migration 0003) -------------------------
+
+
+class Compartment(Base):
+    """A folder of resources inside a tenancy; ``parent_id`` None means the tenancy root."""
+
+    __tablename__ = "compartments"
+    __table_args__ = (UniqueConstraint("tenancy_id", "parent_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("cmp"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("compartments.id"), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Compartment(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r})"
+
+
+class User(Base):
+    """A person or service account of a tenancy; API keys are bound to users."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenancy_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("usr"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"User(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r})"
+
+
+class Group(Base):
+    """A named set of users; policies grant access to groups."""
+
+    __tablename__ = "groups"
+    __table_args__ = (UniqueConstraint("tenancy_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("grp"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Group(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r})"
+
+
+class GroupMember(Base):
+    """Membership of one user in one group (both of the same tenancy)."""
+
+    __tablename__ = "group_members"
+
+    group_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("groups.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("users.id"), primary_key=True, index=True)
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Policy(Base):
+    """A named list of ``allow`` statements (text, parsed by ``security.policy``).
+
+    ``protected`` marks the tenancy's administrator policy, created with the tenancy,
+    which cannot be edited or deleted (as OCI protects its tenant admin policy).
+    """
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("tenancy_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("pol"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(400), default="")
+    statements: Mapped[str] = mapped_column(Text)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Policy(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r})"
+
+
+class AuditEntry(Base):
+    """One append-only, hash-chained audit record (see ``security.audit``).
+
+    ``hash`` = SHA-256 over the previous entry's hash and this entry's canonical fields,
+    so editing, deleting or reordering any entry breaks the chain. ``tenancy_id`` is None
+    for requests that never reached a tenancy (no or a bad key). No foreign keys: the
+    log outlives what it records. Never holds prompts, completions or secrets.
+    """
+
+    __tablename__ = "audit_entries"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    tenancy_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    principal_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    key_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    action: Mapped[str] = mapped_column(String(120))
+    resource_type: Mapped[str | None] = mapped_column(String(40))
+    resource_id: Mapped[str | None] = mapped_column(String(120))
+    decision: Mapped[str] = mapped_column(String(16))
+    statement: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(40))
+    status: Mapped[int | None]
+    source: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint: HMAC of the chain head at ``seq``; detects truncation of the tail."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alert(Base):
+    """An anomaly the monitor raised (burst of 401s, enumeration, new address, usage spike)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("alr"))
+    tenancy_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    source: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class TenancyLimits(Base):
+    """Per-tenancy request limits set by the operator; None means the service default."""
+
+    __tablename__ = "tenancy_limits"
+
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), primary_key=True)
+    requests_per_minute: Mapped[int | None]
+    concurrent_generations: Mapped[int | None]
+    tokens_per_minute: Mapped[int | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -18,7 +18,7 @@ from atelier.security.api_keys import (
     split_key,
 )
 from atelier.security.bootstrap import ADMIN_KEY_FILE, ensure_operator
-from atelier.security.principal import Principal
+from atelier.principal import Principal
 from atelier.settings import Settings
 from atelier.store import Database, repos
 from atelier.store.tables import ApiKey, Tenancy, utcnow

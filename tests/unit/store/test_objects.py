@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from atelier.errors import Conflict, InvalidInput, NotFound, Undecryptable
 from atelier.security.crypto import KeyManager, RootKey
-from atelier.security.principal import Principal
+from atelier.principal import Principal
 from atelier.settings import Settings
 from atelier.store import Database, repos
 from atelier.store import objects as objects_module
