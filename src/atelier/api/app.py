@@ -1,8 +1,8 @@
 """The FastAPI application: ``create_app`` wires settings, store, keys, catalog and engine.
 
 The lifespan prepares the data directory (0700), migrates the database, makes sure an
-operator key exists (printing a newly generated one once), loads the catalog and starts
-the engine; on shutdown it closes what it opened. Routes live one module per resource;
+operator key exists (printing a newly generated one once), loads the root key (key
+manager, sealed object store), loads the catalog and starts the engine; on shutdown it closes what it opened. Routes live one module per resource;
 errors become HTTP in ``api/errors.py`` only; every ``/v1`` route requires a bearer key.
 """
 
@@ -24,8 +24,10 @@ from atelier.api.openai import chat, completions, embeddings, models, tokenize
 from atelier.catalog import Catalog
 from atelier.engine.client import EngineClient, LocalEngine
 from atelier.security.bootstrap import ADMIN_KEY_FILE, ensure_operator
+from atelier.security.crypto import KeyManager, RootKey
 from atelier.settings import Settings, get_settings
 from atelier.store.db import Database
+from atelier.store.objects import LocalObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,9 @@ def create_app(
         own_engine = None
         try:
             app.state.db = db
+            app.state.root_key = await run_in_threadpool(RootKey.from_settings, settings)
+            app.state.keys = KeyManager(db, app.state.root_key)
+            app.state.objects = LocalObjectStore(settings.data_path / "objects", app.state.keys, db)
             app.state.catalog = catalog or Catalog.load(settings.catalog_file)
             if engine is None:
                 own_engine = LocalEngine(app.state.catalog, settings)
