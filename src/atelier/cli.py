@@ -22,6 +22,9 @@ import typer
 from pydantic import ValidationError
 
 from atelier import __version__
+from atelier.cli_admin import admin_app
+from atelier.cli_limits import limits_app
+from atelier.cli_audit import audit_app, keys_app
 from atelier.client import ApiError, AtelierClient, Generation, ServerUnreachable, TextStream, Usage
 from atelier.settings import Settings
 
@@ -32,6 +35,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals would print the API key
 )
+app.add_typer(audit_app)
+app.add_typer(keys_app)
+app.add_typer(admin_app)
+admin_app.add_typer(limits_app, name="limits")  # atelier admin limits get|set
 
 
 @dataclass
@@ -98,8 +105,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to bind (default: 8000).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Database, objects and keys (default: ~/.atelier).")] = None,
-    tls_cert: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="PEM certificate: HTTPS.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="PEM key of --tls-cert.")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="PEM certificate: serve HTTPS.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="PEM private key of --tls-cert.")
+    ] = None,
 ) -> None:
     """Start the HTTP service (OpenAI-compatible API under /v1) on embedded defaults."""
     if (tls_cert is None) != (tls_key is None):
@@ -111,7 +122,10 @@ def serve(
     except ModuleNotFoundError as exc:
         typer.echo(f"error: cannot start the server: module {exc.name!r} is missing (reinstall atelier)", err=True)
         raise typer.Exit(1) from None
-    run(settings, tls_cert=tls_cert, tls_key=tls_key)
+    try:
+        run(settings, tls_cert=tls_cert, tls_key=tls_key)
+    except ValueError as exc:  # the TLS files, checked before anything starts
+        raise typer.BadParameter(str(exc), param_hint="--tls-cert/--tls-key") from None
 
 
 @app.command()

@@ -64,6 +64,35 @@ class Settings(BaseSettings):
         None,
         description="File holding the root secret (mode 0600, created on first start); default <data_dir>/root.key.",
     )
+    rate_requests_per_minute: int = Field(
+        600, ge=1, le=10_000_000, description="Requests a tenancy may make per minute (default of every tenancy)."
+    )
+    rate_concurrent_generations: int = Field(
+        8, ge=1, le=100_000, description="Generations a tenancy may run at once (default of every tenancy)."
+    )
+    rate_tokens_per_minute: int = Field(
+        200_000, ge=1, le=10**12, description="Prompt + completion tokens a tenancy may use per minute (default)."
+    )
+    alert_webhook_url: str | None = Field(None, description="URL each anomaly alert is POSTed to as JSON (optional).")
+    alert_window_seconds: int = Field(60, ge=1, le=86_400, description="Sliding window of the anomaly detectors.")
+    alert_unauthenticated_burst: int = Field(
+        20, ge=1, le=1_000_000, description="401s from one address within the window that raise an alert."
+    )
+    alert_not_found_burst: int = Field(
+        20, ge=1, le=1_000_000, description="404s on object ids from one key within the window that raise an alert."
+    )
+    alert_token_spike_factor: float = Field(
+        10.0,
+        gt=1,
+        le=1_000_000,
+        description="A tenancy's tokens in the last minute above this × its trailing per-minute average alert.",
+    )
+    alert_token_spike_floor: int = Field(
+        20_000, ge=1, le=10**12, description="Tokens per minute below which no usage spike is raised."
+    )
+    alert_token_baseline_minutes: int = Field(
+        60, ge=1, le=10_080, description="Minutes of usage the trailing average of the spike detector spans."
+    )
 
     @property
     def data_path(self) -> Path:

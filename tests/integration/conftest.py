@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -39,9 +40,26 @@ def free_port() -> int:
 class LiveServer:
     """One ``atelier serve`` subprocess, its URL and its captured output."""
 
-    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        scheme: str = "http",
+        verify: Any = True,
+    ):
+        """
+        Args:
+            workdir: Where the data dir and the captured output go.
+            extra_env: Environment variables added to the test settings.
+            extra_args: Options added to ``atelier serve`` (e.g. ``--tls-cert``).
+            scheme: ``https`` for a server given a certificate.
+            verify: What ``httpx`` checks the server's certificate against (an ``ssl.SSLContext``).
+        """
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
+        self.extra_args = list(extra_args or [])
+        self.verify = verify
         self.data_dir = workdir / "data"
         self.stdout_path = workdir / "server.stdout"
         self.stderr_path = workdir / "server.stderr"
@@ -54,6 +72,7 @@ class LiveServer:
         Fails the test session with the server's stderr if it exits or does not answer in time.
         """
         cmd = [sys.executable, "-m", "atelier", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd += self.extra_args
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -61,7 +80,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 pytest.fail(f"atelier serve exited with {self.proc.returncode} before answering:\n{self.stderr()}")
             try:
-                if httpx.get(f"{self.base_url}/health", timeout=2.0).status_code == 200:
+                if httpx.get(f"{self.base_url}/health", timeout=2.0, verify=self.verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -88,7 +107,7 @@ class LiveServer:
             return "<no stderr captured>"
 
     def health(self) -> dict:
-        response = httpx.get(f"{self.base_url}/health", timeout=10.0)
+        response = httpx.get(f"{self.base_url}/health", timeout=10.0, verify=self.verify)
         response.raise_for_status()
         return response.json()
 
@@ -163,12 +182,13 @@ def anonymous_http(base_url: str) -> Iterator[httpx.Client]:
 def make_server(tmp_path_factory: pytest.TempPathFactory):
     """A factory of extra servers (e.g. with other queue sizes), all stopped after the test.
 
-    ``make_server({"ATELIER_MAX_BATCH": "1"})`` starts one and returns its ``LiveServer``.
+    ``make_server({"ATELIER_MAX_BATCH": "1"})`` starts one and returns its ``LiveServer``;
+    keyword options go to ``LiveServer`` (``extra_args``, ``scheme``, ``verify``).
     """
     started: list[LiveServer] = []
 
-    def make(extra_env: dict[str, str] | None = None) -> LiveServer:
-        server = LiveServer(tmp_path_factory.mktemp("atelier-extra-server"), extra_env)
+    def make(extra_env: dict[str, str] | None = None, **options: Any) -> LiveServer:
+        server = LiveServer(tmp_path_factory.mktemp("atelier-extra-server"), extra_env, **options)
         started.append(server)
         return server.start()
 

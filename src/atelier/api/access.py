@@ -78,6 +78,54 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/tokenize"): AUTHENTICATED,
     ("GET", "/v1/models"): AUTHENTICATED,
     ("GET", "/v1/models/{model}"): AUTHENTICATED,
+    # audit log
+    ("GET", "/v1/audit"): ADMIN,
+    ("GET", "/v1/audit/verify"): OPERATOR,
+    # monitoring: anomaly alerts (administrators: their tenancy's; the operator: all), metrics
+    ("GET", "/v1/alerts"): ADMIN,
+    ("GET", "/metrics"): OPERATOR,
+    # a tenancy's request limits (the operator)
+    ("GET", "/v1/tenancies/{tenancy_id}/limits"): OPERATOR,
+    ("PUT", "/v1/tenancies/{tenancy_id}/limits"): OPERATOR,
+    # the tenancy's key ring
+    ("GET", "/v1/key-ring"): policy("keys", "get"),
+    ("POST", "/v1/key-ring/rotate"): policy("keys", "create"),
+    ("POST", "/v1/key-ring/rewrap"): policy("keys", "create"),
+    ("POST", "/v1/key-ring/retire"): policy("keys", "create"),
+    # tenancies (the operator)
+    ("POST", "/v1/tenancies"): OPERATOR,
+    ("GET", "/v1/tenancies"): OPERATOR,
+    ("GET", "/v1/tenancies/{tenancy_id}"): OPERATOR,
+    # identity (the tenancy's administrators)
+    ("POST", "/v1/compartments"): ADMIN,
+    ("GET", "/v1/compartments"): ADMIN,
+    ("GET", "/v1/compartments/{compartment_id}"): ADMIN,
+    ("PATCH", "/v1/compartments/{compartment_id}"): ADMIN,
+    ("DELETE", "/v1/compartments/{compartment_id}"): ADMIN,
+    ("POST", "/v1/users"): ADMIN,
+    ("GET", "/v1/users"): ADMIN,
+    ("GET", "/v1/users/{user_id}"): ADMIN,
+    ("PATCH", "/v1/users/{user_id}"): ADMIN,
+    ("DELETE", "/v1/users/{user_id}"): ADMIN,
+    ("POST", "/v1/groups"): ADMIN,
+    ("GET", "/v1/groups"): ADMIN,
+    ("GET", "/v1/groups/{group_id}"): ADMIN,
+    ("PATCH", "/v1/groups/{group_id}"): ADMIN,
+    ("DELETE", "/v1/groups/{group_id}"): ADMIN,
+    ("POST", "/v1/groups/{group_id}/members"): ADMIN,
+    ("DELETE", "/v1/groups/{group_id}/members/{user_id}"): ADMIN,
+    # API keys: anyone manages their own keys, administrators every key (decided in api/api_keys.py)
+    ("POST", "/v1/api-keys"): AUTHENTICATED,
+    ("GET", "/v1/api-keys"): AUTHENTICATED,
+    ("GET", "/v1/api-keys/{key_id}"): AUTHENTICATED,
+    ("POST", "/v1/api-keys/{key_id}/rotate"): AUTHENTICATED,
+    ("DELETE", "/v1/api-keys/{key_id}"): AUTHENTICATED,
+    # policies, decided by policies; editing one needs manage, as in OCI
+    ("POST", "/v1/policies"): policy("policies", "create"),
+    ("GET", "/v1/policies"): policy("policies", "list"),
+    ("GET", "/v1/policies/{policy_id}"): policy("policies", "get"),
+    ("PUT", "/v1/policies/{policy_id}"): policy("policies", "create"),
+    ("DELETE", "/v1/policies/{policy_id}"): policy("policies", "delete"),
 }
 """(METHOD, path template) → rule. Every route of the app must appear here."""
 

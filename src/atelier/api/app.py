@@ -2,7 +2,7 @@
 
 The lifespan prepares the data directory (0700), migrates the database, makes sure an
 operator key exists (printing a newly generated one once), loads the root key (key
-manager, sealed object store), loads the catalog and starts the engine; on shutdown it closes what it opened. Routes live one module per resource;
+manager, sealed object store, audit log, anomaly monitor, rate limiter), loads the catalog and starts the engine; on shutdown it closes what it opened. Routes live one module per resource;
 errors become HTTP in ``api/errors.py`` only; every ``/v1`` route requires a bearer key.
 """
 
@@ -16,13 +16,18 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
-from atelier.api import health
+from atelier.api import api_keys, audit, health, identity, key_ring, policies, tenancies
+from atelier.api import alerts, limits, metrics
+from atelier.api.audit_trail import AuditMiddleware, AuditTrail
 from atelier.api.body_limit import BodySizeLimit
 from atelier.api.access import require_access
 from atelier.api.errors import install_error_handlers
 from atelier.api.openai import chat, completions, embeddings, models, tokenize
 from atelier.catalog import Catalog
 from atelier.engine.client import EngineClient, LocalEngine
+from atelier.security.alerts import Monitor
+from atelier.security.audit import AuditLog
+from atelier.security.limits import Limits, RateLimiter, database_lookup
 from atelier.security.bootstrap import ADMIN_KEY_FILE, ensure_operator
 from atelier.security.crypto import KeyManager, RootKey
 from atelier.settings import Settings, get_settings
@@ -31,7 +36,11 @@ from atelier.store.objects import LocalObjectStore
 
 log = logging.getLogger(__name__)
 
-V1_ROUTERS = (chat.router, completions.router, embeddings.router, models.router, tokenize.router)
+V1_ROUTERS = (
+    chat.router, completions.router, embeddings.router, models.router, tokenize.router, audit.router, key_ring.router,
+    tenancies.router, identity.router, api_keys.router, policies.router,
+    alerts.router, limits.router,
+)
 
 DESCRIPTION = (
     "Self-hosted generative AI: OpenAI-compatible chat, completions and embeddings on local models. "
@@ -83,6 +92,11 @@ def create_app(
             app.state.root_key = await run_in_threadpool(RootKey.from_settings, settings)
             app.state.keys = KeyManager(db, app.state.root_key)
             app.state.objects = LocalObjectStore(settings.data_path / "objects", app.state.keys, db)
+            app.state.audit = AuditTrail(AuditLog.for_service(db, app.state.root_key, settings.data_path))
+            app.state.monitor = await run_in_threadpool(Monitor.for_service, db, app.state.audit.log, settings)
+            app.state.limits = RateLimiter(
+                Limits.from_settings(settings), database_lookup(db), on_tokens=app.state.monitor.observe_tokens
+            )
             app.state.catalog = catalog or Catalog.load(settings.catalog_file)
             if engine is None:
                 own_engine = LocalEngine(app.state.catalog, settings)
@@ -92,13 +106,20 @@ def create_app(
         finally:
             if own_engine is not None:
                 await run_in_threadpool(own_engine.close)
+            monitor = getattr(app.state, "monitor", None)
+            if monitor is not None:  # let alert webhooks under way finish
+                await run_in_threadpool(monitor.wait_for_webhooks)
             db.dispose()
 
     app = FastAPI(title="Atelier", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_error_handlers(app)  # last: its catch-all middleware wraps the body limit too
+    install_error_handlers(app)  # its catch-all middleware wraps the body limit too
+    app.add_middleware(AuditMiddleware)  # sees the final status of every response
+    app.state.metrics = metrics.Metrics()  # per app: tests build many apps in one process
+    app.add_middleware(metrics.MetricsMiddleware, metrics=app.state.metrics)  # outermost: times everything
     app.include_router(health.router)
+    app.include_router(metrics.router, dependencies=[require_access])  # outside /v1, for Prometheus
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[require_access])
     return app

@@ -45,7 +45,8 @@ def _principal(access: Annotated[Access, Depends(authorize)]) -> Principal:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 EngineDep = Annotated[EngineClient, Depends(_engine)]
 CatalogDep = Annotated[Catalog, Depends(_catalog)]
-SessionDep = Annotated[Session, Depends(_session)]
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
+"""Committed before the response is sent (``scope="function"``), so a failed commit is an error response."""
 PrincipalDep = Annotated[Principal, Depends(_principal)]
 
 AccessDep = Annotated[Access, Depends(authorize)]

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -190,6 +191,13 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return JSONResponse(validation_payload(exc.errors(), request.headers.get("content-type")), status_code=400)
 
 
+async def _on_integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    """A uniqueness race the repositories' checks could not see (two creates at once): 409."""
+    log.info("integrity error on %s %s: %s", request.method, request.url.path, exc)
+    message = "The request conflicts with an object created at the same time (a name already taken?); retry."
+    return JSONResponse(error_body(message, "invalid_request_error", None, "conflict"), status_code=409)
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status, headers = exc.status_code, dict(exc.headers or {})
@@ -247,4 +255,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AtelierError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(IntegrityError, _on_integrity_error)
     app.add_middleware(UnexpectedErrors)

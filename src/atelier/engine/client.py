@@ -45,6 +45,10 @@ class EngineClient(Protocol):
     def health(self) -> dict[str, Any]:
         """Loaded models, queue depth, active sequences."""
 
+    def stats(self) -> dict[str, Any]:
+        """Load for monitoring: ``{"chat_models": {name: {"running", "waiting", ...}}}``, plus
+        ``"adapters"`` (adapters loaded) once the engine serves adapters."""
+
     def close(self) -> None:
         """Stop background threads and free models."""
 
@@ -168,6 +172,9 @@ class LocalEngine:
             "chat_models": {name: s.stats() for name, s in list(self._schedulers.items())},
             "embedding_models": sorted(self._embedders),
         }
+
+    def stats(self) -> dict[str, Any]:
+        return {"chat_models": {name: s.stats() for name, s in list(self._schedulers.items())}}
 
     def close(self) -> None:
         for sched in list(self._schedulers.values()):

@@ -1,4 +1,4 @@
-"""API keys: issue, install and authenticate, storing only hashes of secrets.
+"""API keys: issue, install, rotate and authenticate, storing only hashes of secrets.
 
 An issued key reads ``atl_<key id>_<secret>``, where the secret is 32 random bytes
 (``secrets.token_urlsafe``). Only ``sha256(secret)`` is stored: for a high-entropy secret a
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from atelier.errors import Conflict, InvalidInput, Unauthenticated
 from atelier.principal import Principal
-from atelier.store import repos
+from atelier.store import identity, repos
 from atelier.store.tables import ApiKey, utcnow
 
 KEY_PREFIX = "atl_"
@@ -29,6 +29,11 @@ ADMIN_KEY_ID = "key_admin"
 """Where an installed key that is not in the ``atl_`` format lives."""
 MIN_KEY_LENGTH = 16
 MAX_KEY_LENGTH = 512
+DEFAULT_EXPIRY_DAYS = 90
+MAX_EXPIRY_DAYS = 3650
+DEFAULT_GRACE_SECONDS = 24 * 3600
+"""After a rotation, the old secret keeps working this long by default."""
+MAX_GRACE_SECONDS = 30 * 24 * 3600
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 """``last_used_at`` is written at most this often per key (saves a write per request)."""
 
@@ -65,7 +70,13 @@ def split_key(raw: str) -> tuple[str, str] | None:
 
 
 def issue_key(
-    session: Session, tenancy_id: str, name: str, role: str, expires_in_days: int | None = 90
+    session: Session,
+    tenancy_id: str,
+    name: str,
+    role: str,
+    expires_in_days: int | None = DEFAULT_EXPIRY_DAYS,
+    *,
+    user_id: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key with a fresh random secret.
 
@@ -75,6 +86,7 @@ def issue_key(
         name: Label shown in listings.
         role: ``operator``, ``admin`` or ``user``.
         expires_in_days: Lifetime in days (1 to 3650), or None for a key that never expires.
+        user_id: The user the key acts as (its groups are the caller's groups); None for none.
 
     Returns:
         The stored key and the raw key string. The raw string is shown once and never
@@ -82,14 +94,48 @@ def issue_key(
 
     Raises:
         InvalidInput: Bad name, role or lifetime.
-        NotFound: No such tenancy.
+        NotFound: No such tenancy, or no such user in it.
     """
-    if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
-        raise InvalidInput("expires_in_days must be between 1 and 3650", param="expires_in_days")
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_EXPIRY_DAYS:
+        raise InvalidInput(f"expires_in_days must be between 1 and {MAX_EXPIRY_DAYS}", param="expires_in_days")
     expires_at = None if expires_in_days is None else utcnow() + timedelta(days=expires_in_days)
     secret = secrets.token_urlsafe(32)
     key = repos.create_api_key(
-        session, tenancy_id, name=name, role=role, secret_hash=hash_secret(secret), expires_at=expires_at
+        session, tenancy_id, name=name, role=role, secret_hash=hash_secret(secret), expires_at=expires_at,
+        user_id=user_id,
+    )
+    return key, f"{KEY_PREFIX}{key.id}_{secret}"
+
+
+def rotate_key(
+    session: Session, principal: Principal, key_id: str, grace_seconds: int = DEFAULT_GRACE_SECONDS
+) -> tuple[ApiKey, str]:
+    """Give a key a fresh secret while its current one keeps working for ``grace_seconds``.
+
+    The new secret goes to slot 1; the current one moves to slot 2 until the grace period
+    ends (``authenticate`` accepts either meanwhile); a secret left in slot 2 by an earlier
+    rotation stops working now. The key's id, user, role and expiry do not change.
+
+    Args:
+        session: Open session (the caller's unit of work commits it).
+        principal: The caller; the key must be of its tenancy (who may rotate whose key is
+            the caller's decision).
+        key_id: The key to rotate.
+        grace_seconds: How long the current secret stays valid (0 to 30 days; 0 ends it now).
+
+    Returns:
+        The key and its new raw string, shown once.
+
+    Raises:
+        InvalidInput: ``grace_seconds`` out of bounds.
+        NotFound: No such key in the caller's tenancy.
+        Conflict: The key is revoked or expired.
+    """
+    if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+        raise InvalidInput(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS}", param="grace_seconds")
+    secret = secrets.token_urlsafe(32)
+    key = identity.replace_secret(
+        session, principal, key_id, hash_secret(secret), previous_until=utcnow() + timedelta(seconds=grace_seconds)
     )
     return key, f"{KEY_PREFIX}{key.id}_{secret}"
 

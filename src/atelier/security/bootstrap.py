@@ -1,6 +1,8 @@
 """First start: make sure an operator can log in.
 
-On an empty database this creates the ``default`` tenancy and an operator key. The key is
+On an empty database this creates the ``default`` tenancy and an operator key. On every
+start each tenancy gets the ``Administrators`` group and the protected ``Tenant Admin
+Policy`` if it lacks them (installs older than them get them then). The key is
 the administrator's ``ATELIER_ADMIN_KEY`` when set; otherwise a fresh key is generated and
 written once to ``<data dir>/admin.key`` (mode 0600, never world-readable even briefly).
 Knows nothing about HTTP or printing: the caller shows the returned key.
@@ -15,6 +17,7 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 
 from atelier.security.api_keys import install_key, issue_key
+from atelier.security.tenancies import ensure_administration
 from atelier.settings import Settings
 from atelier.store import repos
 from atelier.store.db import Database
@@ -24,7 +27,8 @@ ADMIN_KEY_FILE = "admin.key"
 
 
 def ensure_operator(db: Database, settings: Settings) -> str | None:
-    """Create the default tenancy and the operator key if needed; safe on every start.
+    """Create the default tenancy and the operator key if needed, and every tenancy's
+    Administrators group and protected admin policy; safe on every start.
 
     Args:
         db: A migrated database.
@@ -41,13 +45,24 @@ def ensure_operator(db: Database, settings: Settings) -> str | None:
     data_dir = settings.data_path
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     admin_key = settings.admin_key.get_secret_value() if settings.admin_key is not None else None
+    raw: str | None = None
     for attempt in range(2):
         try:
-            return _ensure_once(db, data_dir, admin_key)
+            raw = _ensure_once(db, data_dir, admin_key)
+            break
         except IntegrityError:  # another process initialized the database at the same time
             if attempt:
                 raise
-    return None  # pragma: no cover - unreachable
+    for attempt in range(2):
+        try:
+            with db.session() as session:
+                for tenancy in repos.list_tenancies(session):
+                    ensure_administration(session, tenancy.id)
+            break
+        except IntegrityError:  # another process added them at the same time
+            if attempt:
+                raise
+    return raw
 
 
 def _ensure_once(db: Database, data_dir: Path, admin_key: str | None) -> str | None:

@@ -31,7 +31,8 @@ import secrets
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,7 +52,7 @@ from atelier.store.tables import KeyRing, KeyVersion, Tenancy, new_id, utcnow
 if TYPE_CHECKING:
     from atelier.settings import Settings
 
-__all__ = ["KEY_BYTES", "MAX_PLAINTEXT_BYTES", "KeyManager", "RootKey", "SealedBlob"]
+__all__ = ["KEY_BYTES", "MAX_PLAINTEXT_BYTES", "KeyManager", "RingState", "RootKey", "SealedBlob", "VersionState"]
 
 KEY_BYTES = 32
 """Every key here is AES-256: 32 bytes."""
@@ -211,6 +212,30 @@ def _check_ids(tenancy_id: str, object_id: str | None = None) -> None:
 # --- key rings -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class VersionState:
+    """One key version as it may be shown: never its key material."""
+
+    version: int
+    state: str
+    """``enabled``, or ``retired`` (below the ring's minimum decryption version)."""
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RingState:
+    """A tenancy's key ring as it may be shown (``KeyManager.describe``)."""
+
+    tenancy_id: str
+    current_version: int
+    """The version new writes use."""
+    min_decrypt_version: int
+    """Objects under older versions do not open until rewrapped."""
+    created_at: datetime
+    versions: tuple[VersionState, ...]
+
+
+
 class KeyManager:
     """Key rings per tenancy and envelope encryption of objects (implements ``Sealer``).
 
@@ -223,6 +248,13 @@ class KeyManager:
     def __init__(self, db: Database | Session, root_key: RootKey):
         self._db = db
         self._wrap = AESGCM(root_key.derive("key-ring-wrap"))
+
+    def within(self, session: Session) -> KeyManager:
+        """This key manager bound to an open session: its calls flush into that session and
+        commit with the caller's unit of work (e.g. a ring created with its tenancy)."""
+        bound = object.__new__(KeyManager)
+        bound._db, bound._wrap = session, self._wrap
+        return bound
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -260,6 +292,21 @@ class KeyManager:
         with self._session() as session:
             ring = session.get(KeyRing, tenancy_id)
             return None if ring is None else ring.current_version
+
+    def describe(self, tenancy_id: str) -> RingState | None:
+        """The tenancy's ring as its versions and their states, without key material; None
+        if the tenancy has no ring (never created, or shredded)."""
+        with self._session() as session:
+            ring = session.get(KeyRing, tenancy_id)
+            if ring is None:
+                return None
+            rows = session.execute(
+                select(KeyVersion.version, KeyVersion.state, KeyVersion.created_at)
+                .where(KeyVersion.tenancy_id == tenancy_id)
+                .order_by(KeyVersion.version)
+            )
+            versions = tuple(VersionState(row.version, row.state, row.created_at) for row in rows)
+            return RingState(tenancy_id, ring.current_version, ring.min_decrypt_version, ring.created_at, versions)
 
     def rotate(self, tenancy_id: str) -> int:
         """Add a key version; new writes use it, objects under older ones still open.

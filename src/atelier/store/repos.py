@@ -15,7 +15,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from atelier.errors import Conflict, InvalidInput, NotFound
-from atelier.store.tables import NAME_LENGTH, ROLES, ApiKey, Group, GroupMember, Policy, Tenancy, new_id, utcnow
+from atelier.store.tables import NAME_LENGTH, ROLES, ApiKey, Group, GroupMember, Policy, Tenancy, User, new_id, utcnow
 
 
 def _check_name(name: str) -> str:
@@ -89,6 +89,7 @@ def create_api_key(
     secret_hash: str,
     expires_at: datetime | None = None,
     key_id: str | None = None,
+    user_id: str | None = None,
 ) -> ApiKey:
     """Store a new API key (its secret's hash only).
 
@@ -100,19 +101,24 @@ def create_api_key(
         secret_hash: Hex digest of the secret (see ``atelier.security.api_keys``).
         expires_at: When the key stops working; None for never.
         key_id: A fixed id (installed keys); default a fresh ``key_…`` id.
+        user_id: The user the key acts as; must be of the same tenancy. None for none.
 
     Returns:
         The new key.
 
     Raises:
         InvalidInput: Bad name or role.
-        NotFound: No such tenancy.
+        NotFound: No such tenancy, or no such user in it.
         Conflict: ``key_id`` is already taken.
     """
     _check_name(name)
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}", param="role")
     get_tenancy(session, tenancy_id)
+    if user_id is not None:
+        user = session.get(User, user_id)
+        if user is None or user.tenancy_id != tenancy_id:
+            raise NotFound(f"user {user_id!r} not found", param="user_id")
     if key_id is not None and session.get(ApiKey, key_id) is not None:
         raise Conflict(f"API key {key_id!r} already exists", param="key_id")
     key = ApiKey(
@@ -123,6 +129,7 @@ def create_api_key(
         secret_hash_1=secret_hash,
         created_at=utcnow(),
         expires_at=expires_at,
+        user_id=user_id,
     )
     session.add(key)
     session.flush()

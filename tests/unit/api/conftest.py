@@ -43,6 +43,12 @@ def api_settings(tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
+def make_settings_for_module():
+    """``make_settings(path, **overrides)``, for modules that override ``api_settings``."""
+    return make_settings
+
+
+@pytest.fixture(scope="module")
 def catalog() -> Catalog:
     return make_catalog()
 

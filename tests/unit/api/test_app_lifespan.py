@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import stat
 
+import pytest
+import trustme
 from fastapi.testclient import TestClient
 
 from atelier.api.app import create_app
@@ -74,6 +76,9 @@ def test_server_run_passes_settings_and_tls_to_uvicorn(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(server.uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     settings = Settings(data_dir=tmp_path, host="0.0.0.0", port=8123)
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "c.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "k.pem")
     server.run(settings, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem")
     (app, kw), = calls
     assert app.title == "Atelier"
@@ -84,3 +89,25 @@ def test_server_run_passes_settings_and_tls_to_uvicorn(tmp_path, monkeypatch):
         "ssl_keyfile": str(tmp_path / "k.pem"),
         "log_level": "info",
     }
+
+
+def test_server_run_refuses_bad_tls_files_before_starting(tmp_path, monkeypatch):
+    from atelier.api import server
+    from atelier.settings import Settings
+
+    calls = []
+    monkeypatch.setattr(server.uvicorn, "run", lambda app, **kw: calls.append(kw))
+    settings = Settings(data_dir=tmp_path)
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "c.pem")
+    trustme.CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(tmp_path / "other.key")
+    (tmp_path / "text.pem").write_text("not a certificate")
+    with pytest.raises(ValueError, match="--tls-key .*missing.key: cannot be read"):
+        server.run(settings, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "missing.key")
+    with pytest.raises(ValueError, match="not a PEM certificate and its private key"):
+        server.run(settings, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "other.key")  # another cert's key
+    with pytest.raises(ValueError, match="not a PEM certificate"):
+        server.run(settings, tls_cert=tmp_path / "text.pem", tls_key=tmp_path / "other.key")
+    with pytest.raises(ValueError, match="give both"):
+        server.run(settings, tls_cert=tmp_path / "c.pem")
+    assert calls == []

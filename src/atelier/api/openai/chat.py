@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.deps import CatalogDep, EngineDep
+from atelier.api.deps import CatalogDep, EngineDep, PrincipalDep
 from atelier.api.errors import domain_error_payload, server_error_payload
 from atelier.api.openai import generation
 from atelier.api.openai.generation import CLIENT_CLOSED
@@ -27,7 +27,7 @@ from atelier.api.openai.protocol import (
     ChunkChoice,
     ChunkDelta,
 )
-from atelier.api.streaming import DONE, Primed, SSEResponse, sse_event
+from atelier.api.streaming import DONE, SSEResponse, sse_event
 from atelier.catalog import ModelSpec
 from atelier.engine.client import EngineClient
 from atelier.engine.types import GenerationRequest, Usage
@@ -76,7 +76,7 @@ def render_prompt(engine: EngineClient, spec: ModelSpec, body: ChatCompletionReq
     summary="Create a chat completion",
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, engine: EngineDep, catalog: CatalogDep
+    body: ChatCompletionRequest, request: Request, engine: EngineDep, catalog: CatalogDep, principal: PrincipalDep
 ):
     """Answer a conversation, as one ``chat.completion`` or as ``chat.completion.chunk`` events."""
     spec = catalog.get(body.model, kind="chat")
@@ -87,10 +87,10 @@ async def create_chat_completion(
     )
     completion_id = generation.new_id("chatcmpl")
     job = GenerationRequest(request_id=completion_id, prompt_ids=prompt_ids, params=body.sampling(max_tokens))
-    events = await generation.start(engine, spec.name, job)
+    events = await generation.open_generation(request, principal, engine, spec.name, job)
     head = generation.response_head(completion_id, spec)
     if body.stream:
-        return SSEResponse(_chunks(events, head, len(prompt_ids), body.include_usage))
+        return SSEResponse(generation.ClosingBody(_chunks(events, head, len(prompt_ids), body.include_usage), events))
     outcome = await generation.collect(events, len(prompt_ids), request)
     if outcome is None:
         return Response(status_code=CLIENT_CLOSED)
@@ -101,7 +101,9 @@ async def create_chat_completion(
     )
 
 
-async def _chunks(events: Primed, head: dict, prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
+async def _chunks(
+    events: generation.Metered, head: dict, prompt_tokens: int, include_usage: bool
+) -> AsyncIterator[str]:
     """SSE events: the role, content deltas, the finish reason, optionally the usage, ``[DONE]``."""
 
     def chunk(delta: ChunkDelta, finish: str | None = None) -> str:

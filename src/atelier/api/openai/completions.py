@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.deps import CatalogDep, EngineDep
+from atelier.api.deps import CatalogDep, EngineDep, PrincipalDep
 from atelier.api.errors import domain_error_payload, server_error_payload
 from atelier.api.openai import generation
 from atelier.api.openai.generation import CLIENT_CLOSED
 from atelier.api.openai.protocol import Completion, CompletionChoice, CompletionRequest
-from atelier.api.streaming import DONE, Primed, SSEResponse, sse_event
+from atelier.api.streaming import DONE, SSEResponse, sse_event
 from atelier.catalog import ModelSpec
 from atelier.engine.client import EngineClient
 from atelier.engine.types import GenerationRequest, Usage
@@ -59,7 +59,7 @@ def prompt_ids(engine: EngineClient, spec: ModelSpec, body: CompletionRequest) -
     summary="Create a text completion",
 )
 async def create_completion(
-    body: CompletionRequest, request: Request, engine: EngineDep, catalog: CatalogDep
+    body: CompletionRequest, request: Request, engine: EngineDep, catalog: CatalogDep, principal: PrincipalDep
 ):
     """Continue a prompt, as one ``text_completion`` or as streamed ``text_completion`` chunks."""
     spec = catalog.get(body.model, kind="chat")
@@ -68,10 +68,10 @@ async def create_completion(
     max_tokens = generation.max_new_tokens(spec, len(ids), requested, prompt_param="prompt", max_param=max_param)
     completion_id = generation.new_id("cmpl")
     job = GenerationRequest(request_id=completion_id, prompt_ids=ids, params=body.sampling(max_tokens))
-    events = await generation.start(engine, spec.name, job)
+    events = await generation.open_generation(request, principal, engine, spec.name, job)
     head = generation.response_head(completion_id, spec)
     if body.stream:
-        return SSEResponse(_chunks(events, head, len(ids), body.include_usage))
+        return SSEResponse(generation.ClosingBody(_chunks(events, head, len(ids), body.include_usage), events))
     outcome = await generation.collect(events, len(ids), request)
     if outcome is None:
         return Response(status_code=CLIENT_CLOSED)
@@ -82,7 +82,9 @@ async def create_completion(
     )
 
 
-async def _chunks(events: Primed, head: dict, prompt_tokens: int, include_usage: bool) -> AsyncIterator[str]:
+async def _chunks(
+    events: generation.Metered, head: dict, prompt_tokens: int, include_usage: bool
+) -> AsyncIterator[str]:
     """SSE events: text pieces, the finish reason, optionally the usage, then ``[DONE]``."""
     generated = 0
     try:

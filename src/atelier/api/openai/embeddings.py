@@ -1,7 +1,9 @@
 """``POST /v1/embeddings``: OpenAI embeddings, as float lists or base64 float32.
 
 Checks the request against the embedding model's catalog entry (``dimensions``) and hands
-the texts to the engine, which truncates, embeds and L2-normalises them. Holds no model math.
+the texts to the engine, which truncates, embeds and L2-normalises them. The tokens embedded
+count against the tenancy's tokens per minute (refused with 429 once the budget is spent)
+and in the metrics. Holds no model math.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import base64
 import struct
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from atelier.api.deps import CatalogDep, EngineDep
+from atelier.api.deps import CatalogDep, EngineDep, PrincipalDep
 from atelier.api.openai.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from atelier.errors import InvalidInput
 
@@ -24,7 +26,9 @@ def encode_base64(vector: list[float]) -> str:
 
 
 @router.post("/embeddings", response_model=EmbeddingList, summary="Create embeddings")
-async def create_embeddings(body: EmbeddingRequest, engine: EngineDep, catalog: CatalogDep) -> EmbeddingList:
+async def create_embeddings(
+    body: EmbeddingRequest, request: Request, engine: EngineDep, catalog: CatalogDep, principal: PrincipalDep
+) -> EmbeddingList:
     """One L2-normalised vector per input text, in input order."""
     spec = catalog.get(body.model, kind="embedding")
     if body.dimensions is not None and spec.dimensions and body.dimensions != spec.dimensions:
@@ -32,7 +36,15 @@ async def create_embeddings(body: EmbeddingRequest, engine: EngineDep, catalog: 
             f"this model's embeddings have {spec.dimensions} dimensions; dimensions={body.dimensions} is not supported",
             param="dimensions",
         )
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        limits.check_tokens(principal)
     result = await engine.embed(spec.name, body.texts, truncate=body.truncate, input_type=body.input_type)
+    if limits is not None:
+        limits.charge_tokens(principal, result.prompt_tokens)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.count_tokens(spec.name, result.prompt_tokens)
     as_base64 = body.encoding_format == "base64"
     data = [
         Embedding(index=i, embedding=encode_base64(vector) if as_base64 else vector)
