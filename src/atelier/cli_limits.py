@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+
+from atelier.cli_admin import _call, _fail
 
 limits_app = typer.Typer(
     name="limits", help="A tenancy's request limits: requests and tokens per minute, concurrent generations.",
@@ -33,24 +35,6 @@ FIELDS = {
 
 TenancyArg = Annotated[str, typer.Argument(help="Tenancy id (ten_…) or name.")]
 RawOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
-
-
-def _cli():  # noqa: ANN202 - atelier.cli imports this module
-    from atelier import cli
-
-    return cli
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _call(ctx: typer.Context, method: str, *args: Any, **kwargs: Any) -> Any:
-    cli = _cli()
-    client, _ = cli._client(ctx)
-    with cli._api_errors():
-        return getattr(client, method)(*args, **kwargs)
 
 
 def _tenancy_id(ctx: typer.Context, ref: str) -> str:
