@@ -157,7 +157,12 @@ class ServerProcess:
             return ""
 
     def __enter__(self) -> "ServerProcess":
-        env = {**os.environ, **self._env, "ATELIER_ADMIN_KEY": self.ADMIN_KEY}
+        unlimited = {  # a benchmark measures throughput, not the per-tenancy request limits
+            "ATELIER_RATE_REQUESTS_PER_MINUTE": "1000000",
+            "ATELIER_RATE_CONCURRENT_GENERATIONS": "1000",
+            "ATELIER_RATE_TOKENS_PER_MINUTE": "1000000000",
+        }
+        env = {**os.environ, **unlimited, **self._env, "ATELIER_ADMIN_KEY": self.ADMIN_KEY}
         data_dir = f"{self._tmp.name}/data"
         cmd = [sys.executable, "-m", "atelier", "serve", "--port", str(self.port), "--data-dir", data_dir]
         log = open(self._log_path, "wb")

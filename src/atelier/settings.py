@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         600, ge=1, le=10_000_000, description="Requests a tenancy may make per minute (default of every tenancy)."
     )
     rate_concurrent_generations: int = Field(
-        8, ge=1, le=100_000, description="Generations a tenancy may run at once (default of every tenancy)."
+        32, ge=1, le=100_000, description="Generations a tenancy may run at once (default: a whole engine batch)."
     )
     rate_tokens_per_minute: int = Field(
         200_000, ge=1, le=10**12, description="Prompt + completion tokens a tenancy may use per minute (default)."

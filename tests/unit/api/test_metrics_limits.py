@@ -50,7 +50,7 @@ def test_requests_over_the_limit_get_429_with_retry_after(make_app, engine, chec
         assert put.status_code == 200, put.text
         got = op.get(f"/v1/tenancies/{tenancy_id}/limits").json()  # 3
         assert got["requests_per_minute"] == 2 and got["tokens_per_minute"] is None
-        assert got["effective"] == {"requests_per_minute": 2, "concurrent_generations": 8, "tokens_per_minute": 200_000}
+        assert got["effective"] == {"requests_per_minute": 2, "concurrent_generations": 32, "tokens_per_minute": 200_000}
         assert [beta.get("/v1/models").status_code for _ in range(2)] == [200, 200]
         error = check_error(beta.get("/v1/models"), 429, type_="rate_limit_error")
         assert "2 requests per minute" in error["message"]
@@ -74,7 +74,7 @@ def test_limits_routes_are_for_the_operator(client, tenant, check_error):
     set_ = client.put(f"/v1/tenancies/{tenancy_id}/limits", json={"concurrent_generations": 3}).json()
     assert set_["concurrent_generations"] == 3 and set_["effective"]["concurrent_generations"] == 3
     reset = client.put(f"/v1/tenancies/{tenancy_id}/limits", json={}).json()
-    assert reset["concurrent_generations"] is None and reset["effective"]["concurrent_generations"] == 8
+    assert reset["concurrent_generations"] is None and reset["effective"]["concurrent_generations"] == 32
 
 
 @pytest.mark.parametrize("stream", [False, True])
