@@ -114,7 +114,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/groups/{group_id}"): ADMIN,
     ("POST", "/v1/groups/{group_id}/members"): ADMIN,
     ("DELETE", "/v1/groups/{group_id}/members/{user_id}"): ADMIN,
-    # API keys: anyone manages their own keys, administrators every key (decided in api/api_keys.py)
+    # API keys: anyone manages their own keys, administrators every key (decided in api/resources/api_keys.py)
     ("POST", "/v1/api-keys"): AUTHENTICATED,
     ("GET", "/v1/api-keys"): AUTHENTICATED,
     ("GET", "/v1/api-keys/{key_id}"): AUTHENTICATED,

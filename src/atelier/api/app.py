@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from atelier import __version__
-from atelier.api import api_keys, audit, health, identity, key_ring, policies, tenancies
-from atelier.api import alerts, limits, metrics
+from atelier.api import health, metrics
+from atelier.api.resources import alerts, api_keys, audit, identity, key_ring, limits, policies, tenancies
 from atelier.api.audit_trail import AuditMiddleware, AuditTrail
 from atelier.api.body_limit import BodySizeLimit
 from atelier.api.access import require_access

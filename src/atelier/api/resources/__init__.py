@@ -1,0 +1,1 @@
+"""Routes of Atelier's own resources (tenancies, identity, keys, policies, audit, alerts, limits)."""
