@@ -11,6 +11,9 @@ FORBIDDEN = {
     "prompts": ("fastapi", "starlette", "sqlalchemy", "atelier.security", "atelier.store", "atelier.api"),
     "store": ("fastapi", "starlette", "atelier.api", "atelier.engine", "atelier.security"),
     "security": ("fastapi", "starlette", "atelier.api", "atelier.engine"),
+    "tuning": ("fastapi", "starlette", "sqlalchemy", "alembic", "atelier.security", "atelier.store", "atelier.api",
+               "atelier.jobs", "atelier.cloud"),
+    "jobs": ("fastapi", "starlette", "atelier.api"),
 }
 
 
@@ -26,6 +29,8 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_does_not_import_upward(package):
+    if not (SRC / package).is_dir():
+        pytest.skip(f"{package}/ does not exist yet")
     files = sorted((SRC / package).rglob("*.py"))
     assert files, f"no modules found in {package}"
     bad = []

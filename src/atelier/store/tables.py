@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Boolean,
     Integer,
+    JSON,
     String,
     Text,
     TypeDecorator,
@@ -367,3 +368,105 @@ class TenancyLimits(Base):
     concurrent_generations: Mapped[int | None]
     tokens_per_minute: Mapped[int | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- files, jobs, custom models (migration 0004) -----------------------------------------
+
+JOB_STATES: tuple[str, ...] = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+"""Lifecycle of a job (OpenAI's fine-tuning states); the last three are final."""
+
+
+class File(Base):
+    """An uploaded file (training data, documents); its bytes are a sealed object."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("file"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    compartment_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("compartments.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    object_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"File(id={self.id!r}, tenancy_id={self.tenancy_id!r}, filename={self.filename!r})"
+
+
+class Job(Base):
+    """A unit of background work in the database queue (leases and heartbeats; see ``jobs.queue``).
+
+    A worker takes a ``queued`` job by setting ``lease_owner`` and ``lease_expires_at``; it
+    renews the lease with each heartbeat. A job whose lease expired (its worker died) is taken
+    again and resumes from its last checkpoint. ``payload`` holds the job's parameters (never
+    secrets), ``result`` what it produced.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenancy_id", "idempotency_key"),
+        CheckConstraint(
+            "state IN ('validating_files', 'queued', 'running', 'succeeded', 'failed', 'cancelled')", name="state"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("job"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    compartment_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("compartments.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(24), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, tenancy_id={self.tenancy_id!r}, kind={self.kind!r}, state={self.state!r})"
+
+
+class JobEvent(Base):
+    """A job's progress event (metrics, state changes, messages), in order."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("jobs.id"), index=True)
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class CustomModel(Base):
+    """A fine-tuned adapter over a base model; its PEFT files are a sealed object."""
+
+    __tablename__ = "custom_models"
+    __table_args__ = (UniqueConstraint("tenancy_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("cm"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    compartment_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("compartments.id"))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    base_model: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    method: Mapped[str] = mapped_column(String(8))
+    job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("jobs.id"))
+    adapter_object_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    trainable_params: Mapped[int] = mapped_column(BigInteger)
+    total_params: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    curve: Mapped[list[Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"CustomModel(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r})"
