@@ -29,9 +29,9 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_does_not_import_upward(package):
-    if not (SRC / package).is_dir():
-        pytest.skip(f"{package}/ does not exist yet")
     files = sorted((SRC / package).rglob("*.py"))
+    if not files and package in ("tuning", "jobs"):
+        pytest.skip(f"{package}/ has no modules yet")
     assert files, f"no modules found in {package}"
     bad = []
     for path in files:
