@@ -3,10 +3,13 @@
 A declared ``Content-Length`` over the limit is refused before anything is read. A body
 without one (chunked) or that lies about its length is counted as it streams in: once the
 count passes the limit, reading stops, whatever the application was about to answer is
-dropped, and the 413 error object is sent instead. Knows nothing about routes or models.
+dropped, and the 413 error object is sent instead. A few routes (uploads) may be given a
+limit of their own by method and path; the middleware knows nothing else about routes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,22 +27,31 @@ class BodySizeLimit:
     Args:
         app: The wrapped ASGI application.
         max_bytes: The largest accepted body, in bytes.
+        routes: Limits of their own for some ``(METHOD, path)`` pairs (exact paths), e.g.
+            ``{("POST", "/v1/files"): 100 * 2**20}``; every other request gets ``max_bytes``.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: Mapping[tuple[str, str], int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.routes = dict(routes or {})
 
-    def _too_large(self) -> TooLarge:
-        return TooLarge(f"The request body is larger than the limit of {self.max_bytes} bytes.")
+    def limit_for(self, scope: Scope) -> int:
+        """The body limit of one request: its route's own, else ``max_bytes``."""
+        return self.routes.get((scope.get("method", ""), scope.get("path", "")), self.max_bytes)
+
+    @staticmethod
+    def _too_large(limit: int) -> TooLarge:
+        return TooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await domain_error_response(self._too_large())(scope, receive, send)
+        if declared is not None and declared > limit:
+            await domain_error_response(self._too_large(limit))(scope, receive, send)
             return
 
         received = 0
@@ -51,7 +63,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     exceeded = True
                     raise BodyTooLarge()
             return message
@@ -72,7 +84,7 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await domain_error_response(self._too_large())(scope, receive, send)
+            await domain_error_response(self._too_large(limit))(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
