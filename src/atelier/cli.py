@@ -25,6 +25,8 @@ from atelier import __version__
 from atelier.cli_admin import admin_app
 from atelier.cli_limits import limits_app
 from atelier.cli_audit import audit_app, keys_app
+from atelier.cli_files import files_app
+from atelier.cli_finetune import export_model, finetune, jobs_app
 from atelier.client import ApiError, AtelierClient, Generation, ServerUnreachable, TextStream, Usage
 from atelier.settings import Settings
 
@@ -38,6 +40,13 @@ app = typer.Typer(
 app.add_typer(audit_app)
 app.add_typer(keys_app)
 app.add_typer(admin_app)
+app.add_typer(files_app)  # atelier files upload|list|show|delete|download
+app.command("finetune")(finetune)  # atelier finetune --model --data --method [--wait]
+app.add_typer(jobs_app)  # atelier jobs list|show|events|cancel
+models_app = typer.Typer(name="models", help="Models: list them; export a custom model's adapter.",
+                         invoke_without_command=True)
+app.add_typer(models_app)
+models_app.command("export")(export_model)  # atelier models export ID DIR
 admin_app.add_typer(limits_app, name="limits")  # atelier admin limits get|set
 
 
@@ -111,8 +120,11 @@ def serve(
     tls_key: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="PEM private key of --tls-cert.")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=0, max=64, help="Job worker processes to run beside the API (0: none).")
+    ] = 1,
 ) -> None:
-    """Start the HTTP service (OpenAI-compatible API under /v1) on embedded defaults."""
+    """Start the HTTP service (OpenAI-compatible API under /v1) on embedded defaults, with job workers."""
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert/--tls-key")
     overrides = {"host": host, "port": port, "data_dir": data_dir}
@@ -123,9 +135,29 @@ def serve(
         typer.echo(f"error: cannot start the server: module {exc.name!r} is missing (reinstall atelier)", err=True)
         raise typer.Exit(1) from None
     try:
-        run(settings, tls_cert=tls_cert, tls_key=tls_key)
+        run(settings, tls_cert=tls_cert, tls_key=tls_key, workers=workers)
     except ValueError as exc:  # the TLS files, checked before anything starts
         raise typer.BadParameter(str(exc), param_hint="--tls-cert/--tls-key") from None
+
+
+@app.command()
+def worker(
+    data_dir: Annotated[Path | None, typer.Option(help="Data dir of the service (default: ~/.atelier).")] = None,
+    worker_id: Annotated[str | None, typer.Option(help="Lease owner name (default: host-pid-random).")] = None,
+    lease_seconds: Annotated[
+        float, typer.Option(min=0.5, max=3600, help="A job whose worker is silent this long is resumed elsewhere.")
+    ] = 30.0,
+    poll_seconds: Annotated[
+        float, typer.Option(min=0.05, max=60, help="Queue polling and cancel-check interval.")
+    ] = 1.0,
+    parent_pid: Annotated[int | None, typer.Option(hidden=True, help="Stop when this process is gone.")] = None,
+) -> None:
+    """Run queued jobs (fine-tuning...) until SIGTERM or Ctrl+C; `serve` starts one by default."""
+    settings = _settings(**({"data_dir": data_dir} if data_dir is not None else {}))
+    from atelier.jobs.worker import run_worker_process  # imported here: the client commands need no database
+
+    raise typer.Exit(run_worker_process(settings, worker_id=worker_id, lease_seconds=lease_seconds,
+                                        poll_seconds=poll_seconds, parent_pid=parent_pid))
 
 
 @app.command()
@@ -235,9 +267,11 @@ def tokenize(
     typer.echo(f"count:  {tokens.count}")
 
 
-@app.command()
+@models_app.callback()
 def models(ctx: typer.Context) -> None:
-    """List the models the server offers, with their limits."""
+    """List the models the server offers, with their limits (and your custom models)."""
+    if ctx.invoked_subcommand is not None:
+        return
     client, _ = _client(ctx)
     with _api_errors():
         listed = client.models()

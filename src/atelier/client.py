@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, overload
 from urllib.parse import quote
 
@@ -281,15 +282,20 @@ class AtelierClient:
 
     # --- transport -------------------------------------------------------------------
 
-    def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request (``kwargs`` go to ``httpx``); a 2xx response, or ``ApiError``/``ServerUnreachable``."""
         try:
-            response = self._http.request(method, path, json=body, params=_drop_none(params or {}) or None)
+            response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ServerUnreachable(self.base_url, _reason(exc)) from exc
         if response.status_code >= 400:
             raise error_from_response(response)
+        return response
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        response = self._send(method, path, json=body, params=_drop_none(params or {}) or None)
         try:
             return response.json()
         except json.JSONDecodeError as exc:
@@ -389,6 +395,98 @@ class AtelierClient:
     def health(self) -> dict[str, Any]:
         """``GET /health`` (no key needed)."""
         return self._request("GET", "/health")
+
+    # --- files ----------------------------------------------------------------------
+
+    def upload_file(
+        self, path: str | Path, purpose: str = "fine-tune", compartment: str | None = None, filename: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/files`` (multipart, as OpenAI's clients send it): the new file object.
+
+        Args:
+            path: The local file to upload (streamed from disk).
+            purpose: ``fine-tune`` or ``knowledge-base``.
+            compartment: Compartment id or path (``eng:ml``); default the tenancy root.
+            filename: The name to store; default the file's own name.
+        """
+        path = Path(path)
+        form = _drop_none({"purpose": purpose, "compartment": compartment})
+        with path.open("rb") as handle:
+            response = self._send("POST", "/v1/files", files={"file": (filename or path.name, handle)}, data=form)
+        return response.json()
+
+    def list_files(self, purpose: str | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/files``: every file you may inspect, newest first (all pages)."""
+        files: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"purpose": purpose}
+        while True:
+            page = self._request("GET", "/v1/files", params=params)
+            files.extend(page.get("data") or [])
+            if not page.get("has_more") or not page.get("last_id"):
+                return files
+            params["after"] = page["last_id"]
+
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        """``GET /v1/files/{id}``: the file object."""
+        return self._request("GET", f"/v1/files/{_seg(file_id)}")
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        """``DELETE /v1/files/{id}``: ``{"id", "object": "file", "deleted": true}``."""
+        return self._request("DELETE", f"/v1/files/{_seg(file_id)}")
+
+    def file_content(self, file_id: str) -> bytes:
+        """``GET /v1/files/{id}/content``: the file's bytes."""
+        return self._send("GET", f"/v1/files/{_seg(file_id)}/content").content
+
+    # --- fine-tuning and custom models ---------------------------------------------------
+
+    def create_fine_tuning_job(
+        self, model: str, training_file: str, *, validation_file: str | None = None, suffix: str | None = None,
+        training_config: dict[str, Any] | None = None, idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/fine_tuning/jobs``: the job (``queued``, or ``failed`` with every problem of the file)."""
+        body = _drop_none({"model": model, "training_file": training_file, "validation_file": validation_file,
+                           "suffix": suffix, "training_config": training_config})
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._send("POST", "/v1/fine_tuning/jobs", json=body, headers=headers).json()
+
+    def list_fine_tuning_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """``GET /v1/fine_tuning/jobs``: your newest jobs, newest first."""
+        return list(self._request("GET", "/v1/fine_tuning/jobs", params={"limit": limit}).get("data") or [])
+
+    def get_fine_tuning_job(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/fine_tuning/jobs/{id}``."""
+        return self._request("GET", f"/v1/fine_tuning/jobs/{_seg(job_id)}")
+
+    def cancel_fine_tuning_job(self, job_id: str) -> dict[str, Any]:
+        """``POST /v1/fine_tuning/jobs/{id}/cancel``."""
+        return self._request("POST", f"/v1/fine_tuning/jobs/{_seg(job_id)}/cancel")
+
+    def fine_tuning_events(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """``GET /v1/fine_tuning/jobs/{id}/events``: newest first."""
+        path = f"/v1/fine_tuning/jobs/{_seg(job_id)}/events"
+        return list(self._request("GET", path, params={"limit": limit}).get("data") or [])
+
+    def fine_tuning_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """``GET /v1/fine_tuning/jobs/{id}/checkpoints``: newest step first."""
+        path = f"/v1/fine_tuning/jobs/{_seg(job_id)}/checkpoints"
+        return list(self._request("GET", path, params={"limit": 100}).get("data") or [])
+
+    def custom_models(self) -> list[dict[str, Any]]:
+        """``GET /v1/custom-models``."""
+        return list(self._request("GET", "/v1/custom-models").get("data") or [])
+
+    def get_custom_model(self, model_id: str) -> dict[str, Any]:
+        """``GET /v1/custom-models/{id}``."""
+        return self._request("GET", f"/v1/custom-models/{_seg(model_id)}")
+
+    def delete_custom_model(self, model_id: str) -> dict[str, Any]:
+        """``DELETE /v1/custom-models/{id}``."""
+        return self._request("DELETE", f"/v1/custom-models/{_seg(model_id)}")
+
+    def custom_model_adapter(self, model_id: str) -> bytes:
+        """``GET /v1/custom-models/{id}/adapter``: the packed PEFT adapter (a tar)."""
+        return self._send("GET", f"/v1/custom-models/{_seg(model_id)}/adapter").content
 
     # --- audit and key ring ----------------------------------------------------------
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=512, description="Sequences decoded together in one forward pass.")
     max_waiting: int = Field(64, ge=0, le=100_000, description="Requests queued beyond max_batch before 429.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above).")
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, le=2**31 - 1024, description="Largest file accepted by POST /v1/files (413 above)."
+    )
     device: str = Field("cpu", description="torch device for the in-process engine ('cpu' or 'cuda').")
     url: str = Field("http://127.0.0.1:8000", description="Base URL of the service, for the CLI and the client.")
     api_key: SecretStr | None = Field(

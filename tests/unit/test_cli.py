@@ -401,7 +401,11 @@ def test_serve_builds_settings_from_flags(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert result.exit_code == 0, result.output
     settings, kw = calls[0]
     assert (settings.host, settings.port, settings.data_dir) == ("127.0.0.1", 8123, tmp_path / "d")
-    assert kw == {"tls_cert": cert, "tls_key": key}
+    assert kw == {"tls_cert": cert, "tls_key": key, "workers": 1}  # one job worker by default
 
     result = CliRunner().invoke(app, ["serve", "--tls-cert", str(cert)])
     assert result.exit_code == 2 and len(calls) == 1
+
+    result = CliRunner().invoke(app, ["serve", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert calls[1][1]["workers"] == 0

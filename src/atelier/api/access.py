@@ -126,6 +126,24 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/policies/{policy_id}"): policy("policies", "get"),
     ("PUT", "/v1/policies/{policy_id}"): policy("policies", "create"),
     ("DELETE", "/v1/policies/{policy_id}"): policy("policies", "delete"),
+    # uploaded files (OpenAI's /v1/files), decided by policies on each file's compartment
+    ("POST", "/v1/files"): policy("files", "create"),
+    ("GET", "/v1/files"): policy("files", "list"),
+    ("GET", "/v1/files/{file_id}"): policy("files", "get"),
+    ("GET", "/v1/files/{file_id}/content"): policy("files", "get"),
+    ("DELETE", "/v1/files/{file_id}"): policy("files", "delete"),
+    # fine-tuning jobs (OpenAI's /v1/fine_tuning/jobs); cancelling one is an update
+    ("POST", "/v1/fine_tuning/jobs"): policy("fine-tuning-jobs", "create"),
+    ("GET", "/v1/fine_tuning/jobs"): policy("fine-tuning-jobs", "list"),
+    ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}"): policy("fine-tuning-jobs", "get"),
+    ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel"): policy("fine-tuning-jobs", "update"),
+    ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"): policy("fine-tuning-jobs", "get"),
+    ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints"): policy("fine-tuning-jobs", "get"),
+    # custom models (fine-tuned adapters); invoking one in chat is checked by the chat route
+    ("GET", "/v1/custom-models"): policy("custom-models", "list"),
+    ("GET", "/v1/custom-models/{custom_model_id}"): policy("custom-models", "get"),
+    ("GET", "/v1/custom-models/{custom_model_id}/adapter"): policy("custom-models", "get"),
+    ("DELETE", "/v1/custom-models/{custom_model_id}"): policy("custom-models", "delete"),
 }
 """(METHOD, path template) → rule. Every route of the app must appear here."""
 

@@ -18,11 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from atelier import __version__
 from atelier.api import health, metrics
 from atelier.api.resources import alerts, api_keys, audit, identity, key_ring, limits, policies, tenancies
+from atelier.api.resources import custom_models
 from atelier.api.audit_trail import AuditMiddleware, AuditTrail
 from atelier.api.body_limit import BodySizeLimit
 from atelier.api.access import require_access
 from atelier.api.errors import install_error_handlers
-from atelier.api.openai import chat, completions, embeddings, models, tokenize
+from atelier.api.openai import chat, completions, embeddings, files, fine_tuning, models, tokenize
 from atelier.catalog import Catalog
 from atelier.engine.client import EngineClient, LocalEngine
 from atelier.security.alerts import Monitor
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 V1_ROUTERS = (
     chat.router, completions.router, embeddings.router, models.router, tokenize.router, audit.router, key_ring.router,
     tenancies.router, identity.router, api_keys.router, policies.router,
-    alerts.router, limits.router,
+    alerts.router, limits.router, files.router, fine_tuning.router, custom_models.router,
 )
 
 DESCRIPTION = (
@@ -113,7 +114,9 @@ def create_app(
 
     app = FastAPI(title="Atelier", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, routes={("POST", "/v1/files"): files.upload_limit(settings)}
+    )
     install_error_handlers(app)  # its catch-all middleware wraps the body limit too
     app.add_middleware(AuditMiddleware)  # sees the final status of every response
     app.state.metrics = metrics.Metrics()  # per app: tests build many apps in one process

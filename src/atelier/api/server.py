@@ -8,6 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from atelier.api.app import create_app
+from atelier.jobs.worker import start_worker_processes, stop_worker_processes
 from atelier.settings import Settings
 
 
@@ -36,23 +37,31 @@ def check_tls_files(tls_cert: Path | str | None, tls_key: Path | str | None) -> 
         ) from None
 
 
-def run(settings: Settings, tls_cert: Path | str | None = None, tls_key: Path | str | None = None) -> None:
+def run(
+    settings: Settings, tls_cert: Path | str | None = None, tls_key: Path | str | None = None, workers: int = 0
+) -> None:
     """Serve Atelier on ``settings.host:settings.port`` until interrupted (HTTPS when given a certificate).
 
     Args:
         settings: Service settings (host, port, data dir...).
         tls_cert: PEM certificate file (chain), to serve HTTPS; needs ``tls_key``.
         tls_key: PEM private key of ``tls_cert``.
+        workers: Job worker processes to run beside the service (``atelier worker``),
+            stopped when it stops.
 
     Raises:
         ValueError: The TLS files are incomplete, unreadable or do not match (see ``check_tls_files``).
     """
     check_tls_files(tls_cert, tls_key)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(tls_cert) if tls_cert else None,
-        ssl_keyfile=str(tls_key) if tls_key else None,
-        log_level="info",
-    )
+    processes = start_worker_processes(settings, workers)
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+            log_level="info",
+        )
+    finally:
+        stop_worker_processes(processes)

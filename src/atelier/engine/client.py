@@ -8,16 +8,21 @@ same protocol. This module knows nothing about HTTP, tenants or policies.
 from __future__ import annotations
 
 import asyncio
+import copy
+import itertools
 import logging
 import threading
+import warnings
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from atelier.engine.embedding import Embedder
-from atelier.engine.loading import load_chat_model, load_tokenizer
+from atelier.engine.loading import LoadedModel, load_chat_model, load_tokenizer
 from atelier.engine.scheduler import Scheduler
 from atelier.engine.types import EmbeddingResult, GenerationRequest, InputType, TokenEvent, TruncateMode
-from atelier.errors import Unavailable
+from atelier.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,19 @@ class EngineClient(Protocol):
     ) -> EmbeddingResult:
         """L2-normalised embeddings; InvalidInput(param="input[i]") for an over-long input with NONE."""
 
+    def add_adapter(self, model: str, key: str, directory: Path) -> int:
+        """Serve a PEFT adapter (LoRA or IA3) over base ``model``; returns its opaque slot.
+
+        ``key`` identifies the adapter (the caller's opaque name for it); ``directory`` is read
+        once, during the call, and may be deleted afterwards.
+        """
+
+    def adapter_slot(self, key: str) -> int | None:
+        """The slot of an adapter added under ``key`` and still loaded, else None."""
+
+    def remove_adapter(self, slot: int) -> None:
+        """Stop serving an adapter (its requests under way end with Unavailable)."""
+
     def health(self) -> dict[str, Any]:
         """Loaded models, queue depth, active sequences."""
 
@@ -53,8 +71,21 @@ class EngineClient(Protocol):
         """Stop background threads and free models."""
 
 
+MAX_MERGED_ADAPTERS = 2
+"""Adapters a ``LocalEngine`` keeps merged at once (each is a full copy of its base model)."""
+
+
 class LocalEngine:
-    """In-process engine: lazily loads each model once, one scheduler thread per chat model."""
+    """In-process engine: lazily loads each model once, one scheduler thread per chat model.
+
+    Adapters (``add_adapter``) are served the simplest correct way: each is merged into its
+    own copy of the base model (``W₀ + (α/r)·BA`` for LoRA, ``l ⊙ W₀`` for IA3) with a
+    scheduler of its own, so requests of one adapter batch together but requests of
+    different adapters never share a forward pass, and each adapter costs a base model's
+    memory. At most ``MAX_MERGED_ADAPTERS`` stay loaded (least recently added first out;
+    requests under way on an evicted adapter end with Unavailable). Many-adapter batching
+    on one shared base is the endpoints' work.
+    """
 
     def __init__(self, catalog, settings, preloaded: dict[str, Any] | None = None):
         """
@@ -73,6 +104,9 @@ class LocalEngine:
         self._tokenizers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
+        self._adapters: OrderedDict[str, tuple[int, Any]] = OrderedDict()  # key → (slot, scheduler)
+        self._slots: dict[int, Any] = {}  # slot → scheduler
+        self._next_slot = itertools.count(1)
         torch.set_num_threads(settings.threads)
 
     # ---------------------------------------------------------------- loading
@@ -127,10 +161,75 @@ class LocalEngine:
             self._tokenizers.setdefault(model, tok)
         return tok
 
+    # ---------------------------------------------------------------- adapters
+
+    def add_adapter(self, model: str, key: str, directory: Path) -> int:
+        """Merge the PEFT adapter in ``directory`` into a copy of ``model`` and serve it (see the class).
+
+        Raises:
+            NotFound: ``model`` is not a chat model of the catalog.
+            Unavailable: The base model or the adapter cannot be loaded.
+        """
+        from peft import PeftModel
+
+        base = self._scheduler(model).loaded
+        with self._lock:
+            if key in self._adapters:
+                return self._adapters[key][0]
+        try:
+            with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                peft_model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(directory))
+            merged = peft_model.merge_and_unload().eval()  # every adapted layer: W = W₀ + ΔW, or l ⊙ W₀
+            merged.requires_grad_(False)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("loading adapter %s over %s failed", key, model)
+            raise Unavailable(f"the adapter could not be loaded over {model!r}: {exc}") from exc
+        loaded = LoadedModel(f"{model}+{key}", merged, base.tokenizer, base.eos_token_ids)
+        spec = self._catalog.get(model, kind="chat")
+        sched = Scheduler(
+            loaded, spec.context_length, max_batch=self._settings.max_batch, max_waiting=self._settings.max_waiting
+        )
+        evicted = []
+        with self._lock:
+            if key in self._adapters:  # added meanwhile by another request
+                evicted.append(sched)
+                slot = self._adapters[key][0]
+            else:
+                slot = next(self._next_slot)
+                self._adapters[key] = (slot, sched)
+                self._slots[slot] = sched
+                while len(self._adapters) > MAX_MERGED_ADAPTERS:
+                    _, (old_slot, old) = self._adapters.popitem(last=False)
+                    self._slots.pop(old_slot, None)
+                    evicted.append(old)
+        for old in evicted:
+            old.close()
+        return slot
+
+    def adapter_slot(self, key: str) -> int | None:
+        with self._lock:
+            found = self._adapters.get(key)
+            return found[0] if found is not None else None
+
+    def remove_adapter(self, slot: int) -> None:
+        with self._lock:
+            sched = self._slots.pop(slot, None)
+            for key, (s, _) in list(self._adapters.items()):
+                if s == slot:
+                    del self._adapters[key]
+        if sched is not None:
+            sched.close()
+
     # ---------------------------------------------------------------- serving
 
     async def generate(self, model: str, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        sched = self._schedulers.get(model) or await asyncio.to_thread(self._scheduler, model)
+        if request.adapter_slot is not None:
+            sched = self._slots.get(request.adapter_slot)
+            if sched is None:
+                raise NotFound("the adapter is not loaded", param="model", code="model_not_found")
+        else:
+            sched = self._schedulers.get(model) or await asyncio.to_thread(self._scheduler, model)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -174,10 +273,15 @@ class LocalEngine:
         }
 
     def stats(self) -> dict[str, Any]:
-        return {"chat_models": {name: s.stats() for name, s in list(self._schedulers.items())}}
+        return {
+            "chat_models": {name: s.stats() for name, s in list(self._schedulers.items())},
+            "adapters": len(self._slots),
+        }
 
     def close(self) -> None:
-        for sched in list(self._schedulers.values()):
+        for sched in list(self._schedulers.values()) + list(self._slots.values()):
             sched.close()
         self._schedulers.clear()
+        self._adapters.clear()
+        self._slots.clear()
         self._embedders.clear()

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from atelier.api.access import ROUTES
-from atelier.store.tables import ApiKey, utcnow
+from atelier.store.tables import ApiKey, CustomModel, utcnow
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 PARAM = re.compile(r"{([^}]+)}")
@@ -59,6 +59,15 @@ class Tenancy:
         )["id"]
         self.key_id = self.post("/v1/api-keys", {"name": "ada-key", "user_id": self.user_id})["id"]
         sub = self.post("/v1/compartments", {"name": "sub", "parent": self.compartment_id})["id"]
+        uploaded = self.http.post(
+            "/v1/files", files={"file": ("train.jsonl", b'{"prompt": "a", "completion": "b"}\n')},
+            data={"purpose": "fine-tune", "compartment": "eng"},
+        )  # fmt: skip
+        assert uploaded.status_code == 200, uploaded.text
+        self.file_id = uploaded.json()["id"]
+        job = self.post("/v1/fine_tuning/jobs", {"model": "tiny", "training_file": self.file_id}, status=200)
+        self.fine_tuning_job_id = job["id"]  # failed validation (one example): a job all the same
+        self.custom_model_id = add_custom_model(client.app, self.id, job["id"])
         listed = {kind: self.http.get(f"/v1/{kind}").json()["data"] for kind in ("groups", "policies", "api-keys")}
         self.all_owned = {  # every object of each kind, the built-in ones too
             "tenancy_id": [self.id],
@@ -67,6 +76,9 @@ class Tenancy:
             "group_id": [g["id"] for g in listed["groups"]],
             "policy_id": [p["id"] for p in listed["policies"]],
             "key_id": [k["id"] for k in listed["api-keys"]],
+            "file_id": [self.file_id],
+            "fine_tuning_job_id": [self.fine_tuning_job_id],
+            "custom_model_id": [self.custom_model_id],
         }
         assert all(len(ids) >= 1 for ids in self.all_owned.values()), self.all_owned
         self.owned = {
@@ -76,6 +88,9 @@ class Tenancy:
             "group_id": self.group_id,
             "policy_id": self.policy_id,
             "key_id": self.key_id,
+            "file_id": self.file_id,
+            "fine_tuning_job_id": self.fine_tuning_job_id,
+            "custom_model_id": self.custom_model_id,
         }
 
     def post(self, path: str, body: dict, status: int = 201) -> dict:
@@ -87,6 +102,18 @@ class Tenancy:
 @pytest.fixture(scope="module")
 def tenancies(client):
     return Tenancy(client, "alpha"), Tenancy(client, "beta")
+
+
+def add_custom_model(app, tenancy_id: str, job_id: str) -> str:
+    """A custom model row and its sealed adapter object (what a finished fine-tuning job leaves)."""
+    ref = app.state.objects.put(tenancy_id, "adapter", b"adapter bytes")
+    row = CustomModel(tenancy_id=tenancy_id, name=f"ft:tiny:{job_id}", base_model="tiny", method="lora",
+                      job_id=job_id, adapter_object_id=ref.id, trainable_params=1, total_params=10, metrics={},
+                      curve=[])
+    with app.state.db.session() as session:
+        session.add(row)
+        session.flush()
+        return row.id
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
@@ -146,6 +173,9 @@ def test_ids_in_bodies_answer_400(app, tenancies):
         ("POST", f"/v1/groups/{b.group_id}/members", {"user_id": a.user_id}, "user_id"),
         ("POST", "/v1/api-keys", {"name": "stolen", "user_id": a.user_id}, "user_id"),
         ("POST", "/v1/compartments", {"name": "sub", "parent": a.compartment_id}, "parent"),
+        ("POST", "/v1/fine_tuning/jobs", {"model": "tiny", "training_file": a.file_id}, "training_file"),
+        ("POST", "/v1/fine_tuning/jobs", {"model": "tiny", "training_file": b.file_id, "validation_file": a.file_id},
+         "validation_file"),
     ]
     for method, path, body, param in probes:
         response = b.http.request(method, path, json=body)

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier.api.deps import CatalogDep, EngineDep, PrincipalDep
 from atelier.api.errors import domain_error_payload, server_error_payload
-from atelier.api.openai import generation
+from atelier.api.openai import generation, served_models
 from atelier.api.openai.generation import CLIENT_CLOSED
 from atelier.api.openai.protocol import (
     AssistantMessage,
@@ -79,16 +79,20 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, engine: EngineDep, catalog: CatalogDep, principal: PrincipalDep
 ):
     """Answer a conversation, as one ``chat.completion`` or as ``chat.completion.chunk`` events."""
-    spec = catalog.get(body.model, kind="chat")
+    served = await served_models.resolve(request, engine, catalog, body.model)
+    spec = served.spec
     prompt_ids = await run_in_threadpool(render_prompt, engine, spec, body)
     requested, max_param = body.requested_max_tokens()
     max_tokens = generation.max_new_tokens(
         spec, len(prompt_ids), requested, prompt_param="messages", max_param=max_param
     )
     completion_id = generation.new_id("chatcmpl")
-    job = GenerationRequest(request_id=completion_id, prompt_ids=prompt_ids, params=body.sampling(max_tokens))
+    job = GenerationRequest(
+        request_id=completion_id, prompt_ids=prompt_ids, params=body.sampling(max_tokens),
+        adapter_slot=served.adapter_slot,
+    )
     events = await generation.open_generation(request, principal, engine, spec.name, job)
-    head = generation.response_head(completion_id, spec)
+    head = {**generation.response_head(completion_id, spec), "model": served.name}
     if body.stream:
         return SSEResponse(generation.ClosingBody(_chunks(events, head, len(prompt_ids), body.include_usage), events))
     outcome = await generation.collect(events, len(prompt_ids), request)

@@ -7,12 +7,15 @@ Each object carries Atelier's extra fields: ``capabilities``, ``context_length``
 from __future__ import annotations
 
 import time
+from datetime import UTC
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from atelier.api.deps import CatalogDep
+from atelier.api.deps import AccessDep, CatalogDep
 from atelier.api.openai.protocol import ModelCard, ModelList
+from atelier.api.resources.custom_models import visible_custom_models
 from atelier.catalog import ModelSpec
+from atelier.store.tables import CustomModel
 
 router = APIRouter(tags=["openai"])
 
@@ -34,10 +37,24 @@ def model_card(spec: ModelSpec) -> ModelCard:
     )
 
 
+def custom_model_card(row: CustomModel, base: ModelSpec) -> ModelCard:
+    """The OpenAI model object of a custom model (its limits are its base model's)."""
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return ModelCard(
+        id=row.id, created=int(created.timestamp()), owned_by=row.tenancy_id, capabilities=base.capabilities,
+        context_length=base.context_length, max_output_tokens=base.max_output_tokens, dimensions=0,
+    )  # fmt: skip
+
+
 @router.get("/models", response_model=ModelList, summary="List models")
-async def list_models(catalog: CatalogDep) -> ModelList:
-    """Every model of the catalog."""
-    return ModelList(data=[model_card(spec) for spec in catalog])
+def list_models(catalog: CatalogDep, request: Request, access: AccessDep) -> ModelList:
+    """Every model of the catalog, then the custom models of your tenancy you may inspect."""
+    cards = [model_card(spec) for spec in catalog]
+    base = {spec.name: spec for spec in catalog}
+    for row in visible_custom_models(request, access):
+        if row.base_model in base:
+            cards.append(custom_model_card(row, base[row.base_model]))
+    return ModelList(data=cards)
 
 
 @router.get("/models/{model}", response_model=ModelCard, summary="Retrieve a model")

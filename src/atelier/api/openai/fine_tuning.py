@@ -1,0 +1,297 @@
+"""``/v1/fine_tuning/jobs``: OpenAI's fine-tuning jobs API over Atelier's job queue.
+
+``client.fine_tuning.jobs.create/list/retrieve/cancel/list_events`` and
+``client.fine_tuning.jobs.checkpoints.list`` of the official ``openai`` package work
+unchanged; Atelier's settings ride in the same body (``training_config``, ``cluster_id``,
+sent with ``extra_body``). ``Idempotency-Key`` makes a create safe to retry. Policies decide
+on resource type ``fine-tuning-jobs``; the files named in the body must be ones the caller
+may read (``get`` on ``files``), else 400 "not found or not authorized". The work is in
+``atelier.cloud.fine_tuning``; this module maps HTTP to it and rows to OpenAI's shapes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from atelier.api.access import Access
+from atelier.api.deps import AccessDep
+from atelier.api.references import body_reference
+from atelier.cloud.fine_tuning import Checkpoint, FineTuningService, JobRequest
+from atelier.errors import InvalidInput
+from atelier.store import identity
+from atelier.store.files import FileStore
+from atelier.store.tables import Job, JobEvent
+
+router = APIRouter(tags=["fine-tuning"])
+
+TYPE = "fine-tuning-jobs"
+EVENT_PREFIX = "ftevent-"
+CHECKPOINT_PREFIX = "ftckpt-"
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str = Field(description="`invalid_training_file` for bad files, else `job_failed`.")
+    message: str = Field(description="What went wrong (every problem of a file, by line).")
+    param: str | None = Field(None, description="The request field at fault, if any.")
+
+
+class FineTuningJob(BaseModel):
+    """A fine-tuning job, as OpenAI's API shows one (plus Atelier's `training_config` and `cluster_id`)."""
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None = None
+    model: str = Field(description="The base model.")
+    fine_tuned_model: str | None = Field(None, description="The custom model's id, once the job succeeded.")
+    organization_id: str = Field(description="The tenancy.")
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    training_file: str
+    validation_file: str | None = None
+    result_files: list[str] = Field(default_factory=list)
+    trained_tokens: int | None = None
+    error: JobError | None = None
+    seed: int
+    estimated_finish: int | None = None
+    integrations: list[Any] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    suffix: str | None = None
+    training_config: dict[str, Any] = Field(description="The resolved training settings (OCI's names).")
+    cluster_id: str | None = Field(None, description="As given; clusters come in a later release.")
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class JobEventOut(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None = None
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEventOut]
+    has_more: bool
+
+
+class CheckpointMetrics(BaseModel):
+    step: float | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class CheckpointOut(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str = Field(description="A label for the checkpoint (not a servable model).")
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointOut]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+def _service(request: Request) -> FineTuningService:
+    state = request.app.state
+    return FineTuningService(state.db, FileStore(state.db, state.objects), state.catalog, state.engine.tokenizer)
+
+
+ServiceDep = Annotated[FineTuningService, Depends(_service)]
+
+
+def _unix(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+
+
+def _error(job: Job) -> JobError | None:
+    if job.state != "failed":
+        return None
+    text = job.error or "failed"
+    for param in ("training_file", "validation_file"):
+        if text.startswith(param + " "):
+            return JobError(code="invalid_training_file", message=text, param=param)
+    return JobError(code="job_failed", message=text)
+
+
+def job_out(job: Job) -> FineTuningJob:
+    """OpenAI's ``fine_tuning.job`` for a job row."""
+    p, result = job.payload, job.result or {}
+    return FineTuningJob(
+        id=job.id, created_at=_unix(job.created_at), finished_at=_unix(job.finished_at), model=p["model"],
+        fine_tuned_model=result.get("fine_tuned_model"), organization_id=job.tenancy_id, status=job.state,
+        hyperparameters=p["hyperparameters"],
+        method={"type": "supervised", "supervised": {"hyperparameters": p["hyperparameters"]}},
+        training_file=p["training_file"], validation_file=p.get("validation_file"),
+        trained_tokens=result.get("trained_tokens"), error=_error(job), seed=p["seed"], metadata=p.get("metadata"),
+        suffix=p.get("suffix"), training_config=p["training_config"], cluster_id=p.get("cluster_id"),
+    )  # fmt: skip
+
+
+def _event_out(row: JobEvent) -> JobEventOut:
+    data = row.data or None
+    kind = "metrics" if data and data.get("type") == "metrics" else "message"
+    return JobEventOut(id=f"{EVENT_PREFIX}{row.id}", created_at=_unix(row.created_at), level=row.level,
+                       message=row.message, type=kind, data=data)
+
+
+def _checkpoint_out(job: Job, found: Checkpoint) -> CheckpointOut:
+    m = found.metrics
+    name = (job.result or {}).get("custom_model_name") or f"ft:{job.payload['model']}:{job.id}"
+    return CheckpointOut(
+        id=f"{CHECKPOINT_PREFIX}{job.id.removeprefix('job_')}-{found.step}", created_at=_unix(found.created_at),
+        fine_tuned_model_checkpoint=f"{name}:ckpt-step-{found.step}", fine_tuning_job_id=job.id,
+        metrics=CheckpointMetrics(step=found.step, train_loss=m.get("train_loss"), valid_loss=m.get("valid_loss"),
+                                  valid_mean_token_accuracy=m.get("valid_token_accuracy")),
+        step_number=found.step,
+    )  # fmt: skip
+
+
+def _require(access: Access, request: Request, operation: str, job: Job) -> None:
+    path: tuple[str, ...] = ()
+    if job.compartment_id:
+        with request.app.state.db.session() as session:
+            path = identity.compartment_path(session, access.principal, job.compartment_id)
+    access.require(operation, TYPE, target_id=job.id, compartment_path=path, what=f"fine-tuning job {job.id!r}")
+
+
+def _check_files(access: Access, request: Request, body: JobRequest) -> None:
+    """The body's files must be ones the caller may read: otherwise 400 naming the field."""
+    files = FileStore(request.app.state.db, request.app.state.objects)
+    for param in ("training_file", "validation_file"):
+        file_id = getattr(body, param)
+        if file_id is None:
+            continue
+        with body_reference(param):
+            row = files.get_file(access.principal, file_id)
+            path: tuple[str, ...] = ()
+            if row.compartment_id:
+                with request.app.state.db.session() as session:
+                    path = identity.compartment_path(session, access.principal, row.compartment_id)
+            access.require("get", "files", target_id=row.id, target_name=row.filename, compartment_path=path,
+                           what=f"file {file_id!r}")
+
+
+def _create(access: Access, request: Request, service: FineTuningService, body: JobRequest,
+            key: str | None) -> FineTuningJob:
+    _check_files(access, request, body)
+    return job_out(service.create(access.principal, body, idempotency_key=key))
+
+
+@router.post("/fine_tuning/jobs", response_model=FineTuningJob, summary="Create a fine-tuning job")
+async def create_job(
+    body: JobRequest,
+    request: Request,
+    access: AccessDep,
+    service: ServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="Retry-safe key.")] = None,
+) -> FineTuningJob:
+    """Validate the files (every problem by line) and queue the job; a failed validation returns the failed job."""
+    return await run_in_threadpool(_create, access, request, service, body, idempotency_key)
+
+
+@router.get("/fine_tuning/jobs", response_model=JobList, summary="List fine-tuning jobs")
+def list_jobs(
+    request: Request,
+    access: AccessDep,
+    service: ServiceDep,
+    after: Annotated[str | None, Query(max_length=100, description="The last job id of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    """Your fine-tuning jobs, newest first."""
+    jobs = service.list(access.principal, after=after, limit=limit)
+    more = len(jobs) == limit and bool(service.list(access.principal, after=jobs[-1].id, limit=1))
+    visible = [j for j in jobs if access.visible(TYPE, target_id=j.id, target_name=None)]
+    return JobList(data=[job_out(j) for j in visible], has_more=more)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}", response_model=FineTuningJob, summary="Retrieve a job")
+def retrieve_job(fine_tuning_job_id: str, request: Request, access: AccessDep, service: ServiceDep) -> FineTuningJob:
+    """One fine-tuning job."""
+    job = service.get(access.principal, fine_tuning_job_id)
+    _require(access, request, "get", job)
+    return job_out(job)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", response_model=FineTuningJob, summary="Cancel a job")
+def cancel_job(fine_tuning_job_id: str, request: Request, access: AccessDep, service: ServiceDep) -> FineTuningJob:
+    """Cancel: at once when waiting, within seconds when running; 409 once it succeeded or failed."""
+    job = service.get(access.principal, fine_tuning_job_id)
+    _require(access, request, "update", job)
+    return job_out(service.cancel(access.principal, job.id))
+
+
+def _cursor(after: str | None, prefix: str) -> int | None:
+    if after is None:
+        return None
+    raw = after.removeprefix(prefix)
+    if not raw.isdigit():
+        raise InvalidInput(f"after must be an id from a previous page ({prefix}…)", param="after")
+    return int(raw)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", response_model=EventList, summary="List job events")
+def list_events(
+    fine_tuning_job_id: str,
+    request: Request,
+    access: AccessDep,
+    service: ServiceDep,
+    after: Annotated[str | None, Query(max_length=100, description="The last event id of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> EventList:
+    """The job's events (state changes, metrics, checkpoints), newest first."""
+    job = service.get(access.principal, fine_tuning_job_id)
+    _require(access, request, "get", job)
+    rows = service.events(access.principal, job.id, after=_cursor(after, EVENT_PREFIX), limit=min(limit + 1, 1000))
+    return EventList(data=[_event_out(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.get(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList, summary="List checkpoints"
+)
+def list_checkpoints(
+    fine_tuning_job_id: str,
+    request: Request,
+    access: AccessDep,
+    service: ServiceDep,
+    after: Annotated[str | None, Query(max_length=100, description="The last checkpoint id of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> CheckpointList:
+    """The checkpoints the job completed, newest first, with the metrics of their step."""
+    job = service.get(access.principal, fine_tuning_job_id)
+    _require(access, request, "get", job)
+    step = None
+    if after is not None:
+        step = _cursor(after.rsplit("-", 1)[-1] if after.startswith(CHECKPOINT_PREFIX) else after, "")
+    found = service.checkpoints(access.principal, job.id, after=step, limit=min(limit + 1, 100))
+    data = [_checkpoint_out(job, c) for c in found[:limit]]
+    return CheckpointList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                          has_more=len(found) > limit)

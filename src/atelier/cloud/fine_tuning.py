@@ -1,0 +1,302 @@
+"""Fine-tuning jobs: create (validated, idempotent), list, get, cancel, events, checkpoints.
+
+A job is a row of the job queue of kind ``fine-tune`` (``atelier.jobs``); a worker runs
+it (``atelier.jobs.fine_tune``). Creating one:
+
+1. resolves the hyperparameters (``TuneConfig.from_request``: OpenAI's ``hyperparameters``
+   and Atelier's ``training_config``, 400 naming the parameter out of range);
+2. checks that the base model is a chat model of the catalog and that the files are the
+   caller's (the route turns a foreign id into a 400 "not found or not authorized");
+3. submits the job in ``validating_files`` (an ``Idempotency-Key`` gives one job for any
+   number of identical submissions), validates the files here, in the calling process,
+   with the base model's tokenizer and chat format (every problem by line number), and
+   moves the job to ``queued`` or fails it with the list of problems: nothing trains on a
+   bad file. Validation tokenizes the whole file once (seconds per megabyte); a job whose
+   creating process died while validating is validated again by an identical retry with
+   the same ``Idempotency-Key``.
+
+``cluster_id`` is accepted and stored with the job, but dedicated clusters come with a
+later issue: today every job runs on the service's local workers.
+
+Every method takes the caller's ``Principal`` first; another tenancy's job is ``NotFound``,
+exactly like a missing one. Knows nothing about HTTP or policies (the routes check those).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from atelier.catalog import Catalog
+from atelier.errors import Conflict, InvalidInput, NotFound
+from atelier.jobs.queue import JobQueue
+from atelier.principal import Principal
+from atelier.store.db import Database
+from atelier.store.files import FileStore
+from atelier.store.tables import NAME_LENGTH, Job, JobEvent
+from atelier.tuning.config import TuneConfig
+from atelier.tuning.data import validate
+
+KIND = "fine-tune"
+"""The job kind of a fine-tuning job (the worker's handler is registered under it)."""
+SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+class JobRequest(BaseModel):
+    """The body of ``POST /v1/fine_tuning/jobs``: OpenAI's fields plus Atelier's ``training_config``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=100, description="The base chat model to fine-tune.")
+    training_file: str = Field(min_length=1, max_length=100, description="Id of an uploaded `fine-tune` JSONL file.")
+    validation_file: str | None = Field(
+        None, min_length=1, max_length=100,
+        description="Id of a JSONL file held out for validation; default: `validation_split` of the training file.",
+    )  # fmt: skip
+    hyperparameters: dict[str, Any] | None = Field(
+        None, description="OpenAI's `n_epochs`, `batch_size`, `learning_rate_multiplier` (numbers or `auto`)."
+    )
+    method: dict[str, Any] | None = Field(
+        None, description="OpenAI's method; only `{\"type\": \"supervised\"}` (with optional `supervised.hyperparameters`)."
+    )
+    suffix: str | None = Field(
+        None, max_length=40, description="Up to 40 of `A-Z a-z 0-9 _ -`, added to the custom model's name."
+    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
+    training_config: dict[str, Any] | None = Field(
+        None, description="Atelier's settings, OCI's names: `type` lora|tfew, `total_training_epochs`, `lora_r`..."
+    )
+    cluster_id: str | None = Field(
+        None, max_length=100, description="A dedicated fine-tuning cluster (stored; clusters come in a later release)."
+    )
+    metadata: dict[str, str] | None = Field(None, description="Accepted for OpenAI's clients; stored with the job.")
+    integrations: list[Any] | None = Field(None, description="Accepted for OpenAI's clients; must be empty or null.")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint the job wrote, with the metrics of its step."""
+
+    job_id: str
+    step: int
+    created_at: Any
+    metrics: dict[str, Any]
+    event_id: int
+
+
+def _hyperparameters(body: JobRequest) -> dict[str, Any] | None:
+    """OpenAI's hyperparameters, from the top level or from ``method.supervised``."""
+    method = body.method or {}
+    if method:
+        if method.get("type") != "supervised":
+            raise InvalidInput("only method.type 'supervised' is supported", param="method.type")
+        unknown = set(method) - {"type", "supervised"}
+        if unknown:
+            raise InvalidInput(f"unknown field method.{sorted(unknown)[0]}", param=f"method.{sorted(unknown)[0]}")
+    nested = (method.get("supervised") or {}).get("hyperparameters")
+    if nested is not None and body.hyperparameters is not None and nested != body.hyperparameters:
+        raise InvalidInput("give hyperparameters or method.supervised.hyperparameters, not both",
+                           param="method.supervised.hyperparameters")
+    return nested if nested is not None else body.hyperparameters
+
+
+def custom_model_name(base: str, suffix: str | None, job_id: str) -> str:
+    """``ft:<base>:<suffix>:<job id>`` (or ``ft:<base>:<job id>``), unique in the tenancy."""
+    return f"ft:{base}:{suffix}:{job_id}" if suffix else f"ft:{base}:{job_id}"
+
+
+def openai_hyperparameters(config: TuneConfig) -> dict[str, Any]:
+    """The resolved settings under OpenAI's names (what ``FineTuningJob.hyperparameters`` shows)."""
+    return {
+        "n_epochs": config.total_training_epochs,
+        "batch_size": config.training_batch_size,
+        "learning_rate_multiplier": config.learning_rate / config.default_learning_rate,
+    }
+
+
+class FineTuningService:
+    """Fine-tuning jobs of every tenancy, each method scoped to the caller's.
+
+    Args:
+        db: The metadata database.
+        files: The tenancy-scoped file store (training data).
+        catalog: The base models.
+        tokenizer: ``tokenizer(model name)`` → the base model's tokenizer (the engine's).
+        queue: The job queue; default ``JobQueue(db)``.
+    """
+
+    def __init__(self, db: Database, files: FileStore, catalog: Catalog, tokenizer: Callable[[str], Any],
+                 queue: JobQueue | None = None):
+        self._db = db
+        self._files = files
+        self._catalog = catalog
+        self._tokenizer = tokenizer
+        self.queue = queue or JobQueue(db)
+
+    def create(self, principal: Principal, body: JobRequest, *, idempotency_key: str | None = None) -> Job:
+        """Validate the request and its files, then queue the job (or fail it with the file's problems).
+
+        Args:
+            principal: The caller; the job belongs to its tenancy.
+            body: The request.
+            idempotency_key: The ``Idempotency-Key`` header, if any.
+
+        Returns:
+            The job: ``queued``, or ``failed`` with every problem of the files by line.
+
+        Raises:
+            InvalidInput: A hyperparameter out of range (``param`` names it), an unknown base
+                model (``model``), a bad suffix, or a file id that is not the caller's
+                (``training_file``/``validation_file``, "not found or not authorized").
+            Conflict: The idempotency key was used for another request.
+        """
+        config = TuneConfig.from_request(body.training_config, _hyperparameters(body), seed=body.seed)
+        try:
+            spec = self._catalog.get(body.model, kind="chat")
+        except NotFound:
+            raise InvalidInput(f"the base model {body.model!r} does not exist or is not a chat model",
+                               param="model", code="model_not_found") from None
+        if body.suffix is not None and not SUFFIX.match(body.suffix):
+            raise InvalidInput("suffix must be 1 to 40 of A-Z a-z 0-9 _ -", param="suffix")
+        if len(custom_model_name(spec.name, body.suffix, "job_" + "0" * 24)) > NAME_LENGTH:
+            raise InvalidInput("the model name and suffix are too long for a custom model name", param="suffix")
+        if body.integrations:
+            raise InvalidInput("integrations are not supported", param="integrations")
+        for param in ("training_file", "validation_file"):
+            file_id = getattr(body, param)
+            if file_id is not None:
+                try:
+                    row = self._files.get_file(principal, file_id)
+                except NotFound:
+                    raise InvalidInput(f"file {file_id!r} not found or not authorized", param=param) from None
+                if row.purpose != "fine-tune":
+                    raise InvalidInput(f"file {file_id!r} was uploaded for {row.purpose!r}, not 'fine-tune'",
+                                       param=param)
+        payload = {
+            "model": spec.name,
+            "training_file": body.training_file,
+            "validation_file": body.validation_file,
+            "training_config": config.model_dump(mode="json"),
+            "hyperparameters": openai_hyperparameters(config),
+            "method": "supervised",
+            "suffix": body.suffix,
+            "seed": config.seed,
+            "cluster_id": body.cluster_id,
+            "metadata": body.metadata,
+        }
+        job = self.queue.submit(principal, KIND, payload, idempotency_key=idempotency_key, state="validating_files")
+        if job.state != "validating_files":
+            return job
+        problems = self.check_files(principal, payload, config)
+        try:
+            if problems:
+                return self.queue.reject(principal, job.id, problems)
+            return self.queue.enqueue(principal, job.id)
+        except Conflict:  # an identical request (same key) settled it meanwhile, or it was cancelled
+            return self.queue.get(principal, job.id)
+
+    def check_files(self, principal: Principal, payload: dict[str, Any], config: TuneConfig) -> str | None:
+        """Every problem of the job's files by line (None when they can be trained on).
+
+        Raises:
+            NotFound: A file was deleted meanwhile.
+        """
+        spec = self._catalog.get(payload["model"], kind="chat")
+        tokenizer = self._tokenizer(spec.name)
+        messages = []
+        for param, least in (("training_file", 10), ("validation_file", 1)):
+            if payload.get(param) is None:
+                continue
+            data = self._files.file_content(principal, payload[param])
+            report = validate(data, tokenizer, context_length=spec.context_length, chat_format=spec.chat_format,
+                              text_template=config.text_template, min_examples=least)
+            if not report.ok:
+                messages.append(f"{param} {payload[param]}: {report.message()}")
+        return "\n".join(messages) or None
+
+    def get(self, principal: Principal, job_id: str) -> Job:
+        """The caller's fine-tuning job.
+
+        Raises:
+            NotFound: No such fine-tuning job in the caller's tenancy.
+        """
+        job = self.queue.get(principal, job_id)
+        if job.kind != KIND:
+            raise NotFound(f"fine-tuning job {job_id!r} not found")
+        return job
+
+    def list(self, principal: Principal, *, after: str | None = None, limit: int = 20) -> list[Job]:
+        """The caller's fine-tuning jobs, newest first (``after``: the previous page's last id).
+
+        Raises:
+            InvalidInput: Bad limit, or ``after`` not a job of the caller (``param="after"``).
+        """
+        try:
+            return self.queue.list(principal, kind=KIND, after=after, limit=limit)
+        except NotFound:
+            raise InvalidInput(f"job {after!r} is not in this listing", param="after") from None
+
+    def cancel(self, principal: Principal, job_id: str) -> Job:
+        """Cancel the caller's job (at once when waiting, within seconds when running).
+
+        Raises:
+            NotFound: No such fine-tuning job in the caller's tenancy.
+            Conflict: The job already succeeded or failed.
+        """
+        self.get(principal, job_id)
+        return self.queue.request_cancel(principal, job_id)
+
+    def events(self, principal: Principal, job_id: str, *, after: int | None = None, limit: int = 20) -> list[JobEvent]:
+        """The job's events, newest first (``after``: the previous page's last event id).
+
+        Raises:
+            NotFound: No such fine-tuning job in the caller's tenancy.
+            InvalidInput: Bad limit.
+        """
+        self.get(principal, job_id)
+        return self.queue.events(principal, job_id, after=after, limit=limit, newest_first=True)
+
+    def checkpoints(self, principal: Principal, job_id: str, *, after: int | None = None,
+                    limit: int = 10) -> list[Checkpoint]:
+        """The checkpoints the job completed, newest step first, each with its step's metrics.
+
+        A step checkpointed twice (a resumed run writes its last step again) is listed once.
+
+        Args:
+            principal: The caller.
+            job_id: The job.
+            after: The step of the previous page's last checkpoint; None for the first page.
+            limit: Most checkpoints, 1 to 100.
+
+        Raises:
+            NotFound: No such fine-tuning job in the caller's tenancy.
+            InvalidInput: Bad limit.
+        """
+        if isinstance(limit, bool) or not 1 <= limit <= 100:
+            raise InvalidInput("limit must be an integer from 1 to 100", param="limit")
+        self.get(principal, job_id)
+        with self._db.session() as session:
+            rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        metrics: dict[int, dict[str, Any]] = {}
+        saved: dict[int, JobEvent] = {}
+        for row in rows:
+            data = row.data or {}
+            kind, step = data.get("type"), data.get("step")
+            if not isinstance(step, int):
+                continue
+            if kind == "metrics":
+                metrics.setdefault(step, data)
+            elif kind == "checkpoint":
+                saved.setdefault(step, row)
+        found = [
+            Checkpoint(job_id, step, row.created_at, metrics.get(step, {}), row.id)
+            for step, row in sorted(saved.items(), reverse=True)
+            if after is None or step < after
+        ]
+        return found[:limit]
+

@@ -1,0 +1,218 @@
+"""The ``fine-tune`` job: sealed JSONL in, sealed PEFT adapter and a custom model out.
+
+Runs in a worker process. For one job it:
+
+1. opens the training (and validation) file from the object store (sealed under the
+   tenancy's key) and validates them as a whole; any problem fails the job with every
+   problem listed by line, before the model is even loaded;
+2. loads the base model from the catalog, splits the examples (``validation_split``
+   unless a validation file was given) and runs ``atelier.tuning.recipe.run`` in the job's
+   private work directory (0700), which resumes from the last complete checkpoint after a
+   worker crash; metric and checkpoint events are forwarded to the job's events, once per
+   step (a resumed run re-sends the events after its checkpoint; those are dropped);
+3. packs the adapter, seals it in the object store (kind ``adapter``, owner the job's
+   tenancy) and records the ``CustomModel``; both have ids derived from the job's, so a
+   worker that dies between the two steps is resumed without duplicates.
+
+The job's result is ``{"fine_tuned_model": <custom model id>, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from atelier.catalog import Catalog, ModelSpec
+from atelier.errors import InvalidInput
+from atelier.jobs.worker import JobContext, JobStopped
+from atelier.store.db import Database
+from atelier.store.objects import ObjectStore
+from atelier.store.tables import CustomModel, File, JobEvent, utcnow
+from atelier.tuning.config import TuneConfig
+from atelier.tuning.data import load_examples, split_examples
+
+log = logging.getLogger(__name__)
+
+KIND = "fine-tune"
+FORWARDED = ("metrics", "checkpoint", "early_stopped")
+"""Recipe events recorded as job events (``resumed`` is said by the queue already)."""
+
+ModelLoader = Callable[[ModelSpec], Any]
+"""``load(spec)`` → a ``LoadedModel``-like holder (``.name``, ``.model``, ``.tokenizer``)."""
+TokenizerLoader = Callable[[ModelSpec], Any]
+"""``load(spec)`` → the base model's tokenizer (to validate files before loading the model)."""
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def describe(event: dict[str, Any]) -> str:
+    """The human message of a recipe event."""
+    kind, step = event.get("type"), event.get("step")
+    if kind == "metrics":
+        return (f"step {step}/{event.get('total_steps')}: train loss {_fmt(event.get('train_loss'))}, "
+                f"valid loss {_fmt(event.get('valid_loss'))}, "
+                f"token accuracy {_fmt(event.get('valid_token_accuracy'))}")
+    if kind == "checkpoint":
+        return f"checkpoint saved at step {step}"
+    return f"early stopping at step {step} (best step {event.get('best_step')})"
+
+
+def openai_metrics(event: dict[str, Any]) -> dict[str, Any]:
+    """A metrics event with OpenAI's names added (``train_loss``, ``valid_loss``, ``valid_mean_token_accuracy``)."""
+    return {**event, "valid_mean_token_accuracy": event.get("valid_token_accuracy")}
+
+
+class FineTuneHandler:
+    """The handler of ``fine-tune`` jobs (see the module docstring).
+
+    Args:
+        db: The metadata database (files, events, custom models).
+        objects: The sealed object store.
+        catalog: The base models.
+        load_model: Loads a base model for training (fresh for each job: training wraps it).
+        load_tokenizer: Loads a base model's tokenizer (files are validated before the model loads).
+        device: Training device; the model's when None.
+    """
+
+    def __init__(self, db: Database, objects: ObjectStore, catalog: Catalog, load_model: ModelLoader,
+                 load_tokenizer: TokenizerLoader, device: str | None = None):
+        self._db = db
+        self._objects = objects
+        self._catalog = catalog
+        self._load_model = load_model
+        self._load_tokenizer = load_tokenizer
+        self._device = device
+
+    def __call__(self, ctx: JobContext) -> dict[str, Any]:
+        """Run one job (see the module docstring).
+
+        Raises:
+            InvalidInput: A file is invalid (every problem by line), or a setting does not fit the model.
+            JobStopped: Cancelled, shutting down or lease lost (a checkpoint is kept).
+        """
+        job, payload = ctx.job, ctx.job.payload
+        os.chmod(ctx.workdir, 0o700)
+        spec = self._catalog.get(payload["model"], kind="chat")
+        config = TuneConfig.model_validate(payload["training_config"])
+        existing = self._custom_model(job.id)
+        if existing is not None:  # a previous attempt finished everything but the job's row
+            return self._result(existing, trained_tokens=None)
+        train_bytes = self._file(job.tenancy_id, payload["training_file"])
+        val_bytes = self._file(job.tenancy_id, payload["validation_file"]) if payload.get("validation_file") else None
+        tokenizer = self._load_tokenizer(spec)
+        examples = load_examples(train_bytes, tokenizer, context_length=spec.context_length,
+                                 chat_format=spec.chat_format, text_template=config.text_template)
+        if val_bytes is not None:
+            train = examples
+            val = load_examples(val_bytes, tokenizer, context_length=spec.context_length,
+                                chat_format=spec.chat_format, text_template=config.text_template,
+                                min_examples=1, param="validation_file")
+        else:
+            train, val = split_examples(examples, config.validation_split, config.seed)
+        ctx.raise_if_stopped()
+        loaded = self._load_model(spec)
+        ctx.emit(f"training {config.type} on {len(train)} examples ({len(val)} for validation)",
+                 {"type": "message", "train_examples": len(train), "validation_examples": len(val)})
+        seen = self._seen(job.id)
+
+        def forward(event: dict[str, Any]) -> None:
+            kind, step = event.get("type"), event.get("step")
+            if kind not in FORWARDED or (kind, step) in seen:
+                return
+            seen.add((kind, step))
+            data = openai_metrics(event) if kind == "metrics" else dict(event)
+            ctx.emit(describe(event), data)
+
+        from atelier.tuning.recipe import run  # torch and PEFT: only in workers that train
+
+        result = run(config, loaded, train, val, ctx.workdir, forward, ctx.should_stop, device=self._device)
+        if result.interrupted:
+            raise JobStopped(ctx.stop_reason or "stopped")
+        row = self._store(ctx, spec, config, result)
+        trained = round(sum(len(e.input_ids) for e in train) * result.epochs)
+        return self._result(row, trained_tokens=trained, steps=result.steps, stopped_early=result.stopped_early,
+                            best_step=result.best_step)
+
+    # ------------------------------------------------------------ pieces
+
+    def _file(self, tenancy_id: str, file_id: str) -> bytes:
+        with self._db.session() as session:
+            row = session.get(File, file_id)
+            if row is None or row.tenancy_id != tenancy_id:
+                raise InvalidInput(f"file {file_id!r} was deleted before training", param="training_file")
+            object_id = row.object_id
+        return self._objects.get(tenancy_id, object_id)
+
+    def _seen(self, job_id: str) -> set[tuple[str, int]]:
+        """The (type, step) of the recipe events already recorded for this job."""
+        with self._db.session() as session:
+            rows = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id))
+            return {(d.get("type"), d.get("step")) for d in rows if isinstance(d, dict) and d.get("type") in FORWARDED}
+
+    def _custom_model(self, job_id: str) -> CustomModel | None:
+        with self._db.session() as session:
+            return session.scalar(select(CustomModel).where(CustomModel.job_id == job_id))
+
+    def _store(self, ctx: JobContext, spec: ModelSpec, config: TuneConfig, result) -> CustomModel:
+        """Seal the adapter and record the custom model (ids derived from the job's: idempotent)."""
+        from atelier.tuning.export import pack_adapter
+
+        job = ctx.job
+        suffix = job.id.removeprefix("job_")
+        object_id = f"adp_{suffix}"
+        if not self._objects.exists(job.tenancy_id, object_id):
+            self._objects.put(job.tenancy_id, "adapter", pack_adapter(result.adapter_dir), object_id=object_id)
+        name_suffix = job.payload.get("suffix")
+        name = f"ft:{spec.name}:{name_suffix}:{job.id}" if name_suffix else f"ft:{spec.name}:{job.id}"
+        metrics = {**result.final_metrics, "trainable_fraction": result.trainable_fraction,
+                   "steps": result.steps, "stopped_early": result.stopped_early, "best_step": result.best_step,
+                   "training_config": config.model_dump(mode="json")}
+        row = CustomModel(
+            id=f"cm_{suffix}", tenancy_id=job.tenancy_id, compartment_id=job.compartment_id, name=name,
+            base_model=spec.name, method=config.type, job_id=job.id, adapter_object_id=object_id,
+            trainable_params=result.trainable_params, total_params=result.total_params,
+            metrics=json.loads(json.dumps(metrics)), curve=json.loads(json.dumps(result.curve)),
+            state="active", created_at=utcnow(),
+        )  # fmt: skip
+        with self._db.session() as session:
+            session.add(row)
+        ctx.emit(f"custom model {row.id} ({name}) created", {"type": "message", "fine_tuned_model": row.id})
+        return row
+
+    @staticmethod
+    def _result(row: CustomModel, *, trained_tokens: int | None, **extra: Any) -> dict[str, Any]:
+        return {
+            "fine_tuned_model": row.id,
+            "custom_model_name": row.name,
+            "trained_tokens": trained_tokens,
+            "trainable_params": row.trainable_params,
+            "total_params": row.total_params,
+            "final_metrics": {k: v for k, v in row.metrics.items() if k != "training_config"},
+            **extra,
+        }
+
+
+def build_fine_tune(settings, db: Database) -> FineTuneHandler:
+    """The handler as a worker of this service runs it: sealed store, catalog and model loading from settings."""
+    import torch
+
+    from atelier.engine.loading import load_chat_model, load_tokenizer
+    from atelier.security.crypto import KeyManager, RootKey
+    from atelier.store.objects import LocalObjectStore
+
+    torch.set_num_threads(settings.threads)
+    objects = LocalObjectStore(settings.data_path / "objects", KeyManager(db, RootKey.from_settings(settings)), db)
+    catalog = Catalog.load(settings.catalog_file)
+
+    def load(spec: ModelSpec):
+        return load_chat_model(spec, settings.cache_path, settings.device)
+
+    return FineTuneHandler(db, objects, catalog, load, lambda spec: load_tokenizer(spec, settings.cache_path),
+                           device=settings.device)
