@@ -33,14 +33,6 @@ def _no_atelier_env(monkeypatch):
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'atelier.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def tenancy_id(db):
     with db.session() as s:
         return repos.create_tenancy(s, "acme").id

@@ -22,20 +22,6 @@ from atelier.store.tables import KeyRing, KeyVersion
 DATA = b'{"prompt": "hello", "completion": "world"}\n' * 10
 
 
-@pytest.fixture(autouse=True)
-def _no_atelier_env(monkeypatch):
-    for name in ("ATELIER_ROOT_KEY", "ATELIER_ROOT_KEY_FILE", "ATELIER_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'atelier.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
 @pytest.fixture
 def tenancies(db):
     with db.session() as s:

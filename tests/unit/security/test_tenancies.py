@@ -28,14 +28,6 @@ def _no_atelier_env(monkeypatch):
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'atelier.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def keys(db):
     return KeyManager(db, RootKey.generate())
 

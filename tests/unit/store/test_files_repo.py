@@ -18,20 +18,6 @@ from atelier.store.tables import File, StoredObject
 DATA = b'{"prompt": "2+2=", "completion": " 4"}\n' * 50
 
 
-@pytest.fixture(autouse=True)
-def _no_atelier_env(monkeypatch):
-    for name in ("ATELIER_ROOT_KEY", "ATELIER_ROOT_KEY_FILE", "ATELIER_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'atelier.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
 @pytest.fixture
 def objects(tmp_path, db):
     keys = KeyManager(db, RootKey.from_settings(Settings(data_dir=tmp_path)))

@@ -15,14 +15,6 @@ READ_FILES = "allow group devs to read files in tenancy"
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'atelier.db'}")
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def session(db):
     with db.session() as s:
         yield s

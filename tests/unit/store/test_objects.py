@@ -25,12 +25,6 @@ from atelier.store.tables import StoredObject
 DATA = b"some bytes\x00\xff" * 100
 
 
-@pytest.fixture(autouse=True)
-def _no_atelier_env(monkeypatch):
-    for name in ("ATELIER_ROOT_KEY", "ATELIER_ROOT_KEY_FILE", "ATELIER_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def data_dir(tmp_path):
     return tmp_path / "data"
