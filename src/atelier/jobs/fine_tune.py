@@ -39,8 +39,8 @@ from atelier.tuning.data import load_examples, split_examples
 log = logging.getLogger(__name__)
 
 KIND = "fine-tune"
-FORWARDED = ("metrics", "checkpoint", "early_stopped")
-"""Recipe events recorded as job events (``resumed`` is said by the queue already)."""
+FORWARDED = ("metrics", "checkpoint", "early_stopped", "resumed")
+"""Recipe events recorded as job events (``resumed``: the checkpoint step an attempt continues from)."""
 
 ModelLoader = Callable[[ModelSpec], Any]
 """``load(spec)`` → a ``LoadedModel``-like holder (``.name``, ``.model``, ``.tokenizer``)."""
@@ -61,6 +61,8 @@ def describe(event: dict[str, Any]) -> str:
                 f"token accuracy {_fmt(event.get('valid_token_accuracy'))}")
     if kind == "checkpoint":
         return f"checkpoint saved at step {step}"
+    if kind == "resumed":
+        return f"resumed training from the checkpoint of step {step}"
     return f"early stopping at step {step} (best step {event.get('best_step')})"
 
 
@@ -124,7 +126,7 @@ class FineTuneHandler:
 
         def forward(event: dict[str, Any]) -> None:
             kind, step = event.get("type"), event.get("step")
-            if kind not in FORWARDED or (kind, step) in seen:
+            if kind not in FORWARDED or (kind != "resumed" and (kind, step) in seen):  # every resume is news
                 return
             seen.add((kind, step))
             data = openai_metrics(event) if kind == "metrics" else dict(event)

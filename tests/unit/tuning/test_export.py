@@ -129,3 +129,17 @@ def test_pack_needs_both_files(tmp_path):
     (tmp_path / "adapter_config.json").write_bytes(CONFIG)
     with pytest.raises(InvalidInput, match="adapter_model.safetensors"):
         pack_adapter(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_two_identical_runs_pack_identical_bytes(loaded, split, tmp_path):
+    """The adapter config's module lists are sorted: equal runs give byte-equal packed adapters."""
+    import json
+
+    packed = []
+    for i in range(2):
+        result, _, _ = train_and_probe(loaded, split, tmp_path / f"run{i}", "tfew")
+        config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+        assert config["target_modules"] == sorted(config["target_modules"])
+        packed.append(pack_adapter(result.adapter_dir))
+    assert packed[0] == packed[1]
