@@ -15,6 +15,7 @@ inspect answers 404 exactly like a missing one; a visible object with too weak a
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
@@ -287,11 +288,14 @@ def _principal(request: Request, credentials: HTTPAuthorizationCredentials | Non
     return principal
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> tuple[Statement, ...]:
+    """One stored policy's statements, parsed once per distinct text (not on every request)."""
+    return tuple(parse_policy(text))  # stored policies were validated when written
+
+
 def _statements(texts: list[str]) -> list[Statement]:
-    statements: list[Statement] = []
-    for text in texts:
-        statements.extend(parse_policy(text))  # stored policies were validated when written
-    return statements
+    return [statement for text in texts for statement in _parsed(text)]
 
 
 def _record(request: Request, access: Access, decision: str, statement: str | None, outcome: str) -> None:

@@ -158,3 +158,12 @@ def unpack_adapter(data: bytes, directory: Path, *, overwrite: bool = False) -> 
             os.fsync(fh.fileno())
         os.replace(tmp, directory / name)
     return directory
+
+
+def sort_module_lists(config_path: Path) -> None:
+    """Sort the module-name lists of a PEFT ``adapter_config.json`` so identical runs write identical bytes."""
+    config = json.loads(config_path.read_text())
+    for key in ("target_modules", "feedforward_modules", "modules_to_save"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -47,6 +47,7 @@ from atelier.tuning.checkpointing import (
 from atelier.tuning.config import TuneConfig
 from atelier.tuning.data import IGNORE_INDEX, Example
 from atelier.tuning.metrics import TokenStats, loss_sum, token_stats
+from atelier.tuning.export import sort_module_lists
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +507,7 @@ class Recipe:
         def write(tmp: Path) -> None:
             self.model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             (tmp / "README.md").unlink(missing_ok=True)
-            _sort_module_lists(tmp / "adapter_config.json")  # PEFT writes sets in per-process order
+            sort_module_lists(tmp / "adapter_config.json")  # PEFT writes sets in per-process order
 
         return write_dir_atomically(self.workdir / ADAPTER_DIR, write)
 
@@ -597,12 +598,3 @@ def run(
     if not result.interrupted:
         write_json_atomically(done, {"fingerprint": recipe.fingerprint, "result": result.to_dict()})
     return result
-
-
-def _sort_module_lists(config_path: Path) -> None:
-    """Sort the module-name lists of a PEFT ``adapter_config.json`` so identical runs write identical bytes."""
-    config = json.loads(config_path.read_text())
-    for key in ("target_modules", "feedforward_modules", "modules_to_save"):
-        if isinstance(config.get(key), list):
-            config[key] = sorted(config[key])
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
