@@ -47,9 +47,21 @@ class Settings(BaseSettings):
     catalog_file: Path | None = Field(None, description="JSON file of extra catalog entries (local HF model dirs).")
     default_chat_model: str = Field("smollm2-135m-instruct", description="Chat model used when none is named.")
     default_embedding_model: str = Field("all-minilm-l6-v2", description="Embedding model used when none is named.")
+    units_file: Path | None = Field(
+        None, description="JSON unit table (unit types, what each can do, price per unit-hour); default: the bundled one."
+    )
+    default_tenancy_units: str = Field(
+        "small=16,large=0,embed=2",
+        description="Unit limits the `default` tenancy gets on the very first start (other tenancies start at 0).",
+    )
     threads: int = Field(default_factory=_default_threads, ge=1, le=256, description="torch intra-op threads.")
     max_batch: int = Field(32, ge=1, le=512, description="Sequences decoded together in one forward pass.")
     max_waiting: int = Field(64, ge=0, le=100_000, description="Requests queued beyond max_batch before 429.")
+    adapter_memory_mb: float = Field(
+        1024, gt=0, le=1_000_000,
+        description="Memory for the adapters served over shared base weights; least recently used idle ones are "
+        "evicted past it.",
+    )  # fmt: skip
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 above).")
     max_file_bytes: int = Field(
         100 * 1024 * 1024, ge=1, le=2**31 - 1024, description="Largest file accepted by POST /v1/files (413 above)."

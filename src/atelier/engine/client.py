@@ -8,18 +8,18 @@ same protocol. This module knows nothing about HTTP, tenants or policies.
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import logging
 import threading
-import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from atelier.engine.adapters import read_peft_adapter
 from atelier.engine.embedding import Embedder
-from atelier.engine.loading import LoadedModel, load_chat_model, load_tokenizer
+from atelier.engine.loading import load_chat_model, load_tokenizer
 from atelier.engine.scheduler import Scheduler
 from atelier.engine.types import EmbeddingResult, GenerationRequest, InputType, TokenEvent, TruncateMode
 from atelier.errors import NotFound, Unavailable
@@ -71,20 +71,30 @@ class EngineClient(Protocol):
         """Stop background threads and free models."""
 
 
-MAX_MERGED_ADAPTERS = 2
-"""Adapters a ``LocalEngine`` keeps merged at once (each is a full copy of its base model)."""
+@dataclass(eq=False)
+class _Adapter:
+    """An adapter served by a ``LocalEngine``: its opaque slot and where its weights are."""
+
+    slot: int
+    key: str
+    model: str
+    scheduler: Scheduler
+    index: int  # stack index in the scheduler's AdapterBank
+    nbytes: int
+    in_use: int = 0
+    ready: bool = False
 
 
 class LocalEngine:
     """In-process engine: lazily loads each model once, one scheduler thread per chat model.
 
-    Adapters (``add_adapter``) are served the simplest correct way: each is merged into its
-    own copy of the base model (``W₀ + (α/r)·BA`` for LoRA, ``l ⊙ W₀`` for IA3) with a
-    scheduler of its own, so requests of one adapter batch together but requests of
-    different adapters never share a forward pass, and each adapter costs a base model's
-    memory. At most ``MAX_MERGED_ADAPTERS`` stay loaded (least recently added first out;
-    requests under way on an evicted adapter end with Unavailable). Many-adapter batching
-    on one shared base is the endpoints' work.
+    Adapters (``add_adapter``) share their base model's weights and its scheduler: each is
+    parsed into an adapter slot of the base model's ``AdapterBank`` (stacked LoRA matrices
+    and IA3 vectors, nothing merged or copied), so one forward pass serves rows of the base
+    and of many adapters at once. Slots are opaque ids never reused, so a stale slot can
+    never reach another adapter. While the adapters' memory is over
+    ``settings.adapter_memory_mb``, the least recently used adapters with no request under
+    way are evicted (``adapter_slot`` then answers None and the caller loads it again).
     """
 
     def __init__(self, catalog, settings, preloaded: dict[str, Any] | None = None):
@@ -104,8 +114,8 @@ class LocalEngine:
         self._tokenizers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._embed_lock = threading.Lock()
-        self._adapters: OrderedDict[str, tuple[int, Any]] = OrderedDict()  # key → (slot, scheduler)
-        self._slots: dict[int, Any] = {}  # slot → scheduler
+        self._adapters: OrderedDict[str, _Adapter] = OrderedDict()  # key → adapter, least recently used first
+        self._slots: dict[int, _Adapter] = {}
         self._next_slot = itertools.count(1)
         torch.set_num_threads(settings.threads)
 
@@ -164,70 +174,119 @@ class LocalEngine:
     # ---------------------------------------------------------------- adapters
 
     def add_adapter(self, model: str, key: str, directory: Path) -> int:
-        """Merge the PEFT adapter in ``directory`` into a copy of ``model`` and serve it (see the class).
+        """Load the PEFT adapter in ``directory`` into a slot over ``model``'s shared weights.
+
+        The files are read during the call only; the weights are installed between two
+        engine steps, so requests under way on other adapters keep flowing.
 
         Raises:
             NotFound: ``model`` is not a chat model of the catalog.
-            Unavailable: The base model or the adapter cannot be loaded.
+            InvalidInput: The directory is not an adapter this engine serves over ``model``.
+            Unavailable: The base model cannot be loaded, or the adapter memory budget is
+                held by adapters all in use.
         """
-        from peft import PeftModel
-
-        base = self._scheduler(model).loaded
+        sched = self._scheduler(model)
         with self._lock:
-            if key in self._adapters:
-                return self._adapters[key][0]
+            found = self._adapters.get(key)
+            if found is not None and found.model == model:
+                self._adapters.move_to_end(key)
+                return found.slot
+        weights = read_peft_adapter(directory, sched.adapters.linears)  # any thread: parse and check
+        evicted = self._make_room(weights.nbytes)
+        for old in evicted:
+            self._unload(old, Unavailable("the adapter was unloaded"))
+        with self._lock:
+            found = self._adapters.get(key)
+            if found is not None and found.model == model:  # added meanwhile by another request
+                return found.slot
+            index = sched.adapters.free_index(taken={a.index for a in self._slots.values() if a.model == model})
+            adapter = _Adapter(next(self._next_slot), key, model, sched, index, weights.nbytes)
+            self._slots[adapter.slot] = adapter
+            self._adapters[key] = adapter
         try:
-            with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                peft_model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(directory))
-            merged = peft_model.merge_and_unload().eval()  # every adapted layer: W = W₀ + ΔW, or l ⊙ W₀
-            merged.requires_grad_(False)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("loading adapter %s over %s failed", key, model)
-            raise Unavailable(f"the adapter could not be loaded over {model!r}: {exc}") from exc
-        loaded = LoadedModel(f"{model}+{key}", merged, base.tokenizer, base.eos_token_ids)
-        spec = self._catalog.get(model, kind="chat")
-        sched = Scheduler(
-            loaded, spec.context_length, max_batch=self._settings.max_batch, max_waiting=self._settings.max_waiting
-        )
+            sched.call(lambda: sched.adapters.install(index, weights)).result()
+        except BaseException:
+            with self._lock:
+                self._slots.pop(adapter.slot, None)
+                self._adapters.pop(key, None)
+            raise
+        adapter.ready = True
+        log.info("adapter %s loaded over %s (slot %d, %.1f MB)", key, model, adapter.slot, weights.nbytes / 2**20)
+        return adapter.slot
+
+    def _make_room(self, nbytes: int) -> list["_Adapter"]:
+        """Take least recently used idle adapters out of the tables until ``nbytes`` fits the budget."""
+        budget = int(self._settings.adapter_memory_mb * 2**20)
         evicted = []
         with self._lock:
-            if key in self._adapters:  # added meanwhile by another request
-                evicted.append(sched)
-                slot = self._adapters[key][0]
-            else:
-                slot = next(self._next_slot)
-                self._adapters[key] = (slot, sched)
-                self._slots[slot] = sched
-                while len(self._adapters) > MAX_MERGED_ADAPTERS:
-                    _, (old_slot, old) = self._adapters.popitem(last=False)
-                    self._slots.pop(old_slot, None)
-                    evicted.append(old)
-        for old in evicted:
-            old.close()
-        return slot
+            used = sum(a.nbytes for a in self._slots.values())
+            for adapter in list(self._adapters.values()):
+                if used + nbytes <= budget:
+                    break
+                if adapter.in_use == 0 and adapter.ready:
+                    used -= adapter.nbytes
+                    self._slots.pop(adapter.slot, None)
+                    self._adapters.pop(adapter.key, None)
+                    evicted.append(adapter)
+            if used + nbytes > budget:
+                for adapter in evicted:  # nothing happened: put them back
+                    self._slots[adapter.slot] = adapter
+                    self._adapters[adapter.key] = adapter
+                raise Unavailable(
+                    f"the adapter needs {nbytes / 2**20:.1f} MB and the adapter memory budget "
+                    f"({self._settings.adapter_memory_mb} MB) is held by adapters in use; retry later",
+                )
+        return evicted
+
+    def _unload(self, adapter: "_Adapter", exc: BaseException) -> None:
+        def run() -> None:
+            adapter.scheduler.fail_adapter(adapter.index, exc)
+            adapter.scheduler.adapters.clear(adapter.index)
+
+        try:
+            adapter.scheduler.call(run).result()
+        except Unavailable:  # the engine is shutting down
+            pass
+        log.info("adapter %s unloaded (slot %d)", adapter.key, adapter.slot)
 
     def adapter_slot(self, key: str) -> int | None:
         with self._lock:
             found = self._adapters.get(key)
-            return found[0] if found is not None else None
+            if found is None or not found.ready:
+                return None
+            self._adapters.move_to_end(key)
+            return found.slot
 
     def remove_adapter(self, slot: int) -> None:
         with self._lock:
-            sched = self._slots.pop(slot, None)
-            for key, (s, _) in list(self._adapters.items()):
-                if s == slot:
-                    del self._adapters[key]
-        if sched is not None:
-            sched.close()
+            adapter = self._slots.pop(slot, None)
+            if adapter is not None and self._adapters.get(adapter.key) is adapter:
+                del self._adapters[adapter.key]
+        if adapter is not None:
+            self._unload(adapter, Unavailable("the adapter was removed"))
+
+    def adapter_stats(self) -> dict[str, Any]:
+        """Adapters loaded, their bytes, and the bytes the banks' stacks hold (padding included)."""
+        with self._lock:
+            adapters = list(self._slots.values())
+        return {
+            "loaded": len(adapters),
+            "bytes": sum(a.nbytes for a in adapters),
+            "stacked_bytes": sum(s.adapters.stacked_bytes() for s in list(self._schedulers.values())),
+        }
 
     # ---------------------------------------------------------------- serving
 
     async def generate(self, model: str, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        adapter = None
         if request.adapter_slot is not None:
-            sched = self._slots.get(request.adapter_slot)
-            if sched is None:
-                raise NotFound("the adapter is not loaded", param="model", code="model_not_found")
+            with self._lock:
+                adapter = self._slots.get(request.adapter_slot)
+                if adapter is None or not adapter.ready or adapter.model != model:
+                    raise NotFound("the adapter is not loaded", param="model", code="model_not_found")
+                adapter.in_use += 1  # pinned: never evicted while this request runs
+                self._adapters.move_to_end(adapter.key)
+            sched = adapter.scheduler
         else:
             sched = self._schedulers.get(model) or await asyncio.to_thread(self._scheduler, model)
         loop = asyncio.get_running_loop()
@@ -239,9 +298,9 @@ class LocalEngine:
             except RuntimeError:  # the caller's event loop is gone: nobody is listening
                 pass
 
-        sched.submit(request, sink)
         finished = False
         try:
+            sched.submit(request, sink, adapter.index if adapter is not None else 0)
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
@@ -254,6 +313,9 @@ class LocalEngine:
         finally:
             if not finished:
                 sched.abort(request.request_id)
+            if adapter is not None:
+                with self._lock:
+                    adapter.in_use -= 1
 
     async def embed(
         self, model: str, texts: list[str], *, truncate: TruncateMode = "END", input_type: InputType | None = None
@@ -279,7 +341,7 @@ class LocalEngine:
         }
 
     def close(self) -> None:
-        for sched in list(self._schedulers.values()) + list(self._slots.values()):
+        for sched in list(self._schedulers.values()):
             sched.close()
         self._schedulers.clear()
         self._adapters.clear()

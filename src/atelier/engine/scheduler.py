@@ -1,10 +1,14 @@
 """Continuous batching: every active request advances in one shared forward pass per step.
 
-A background thread owns the model. Each loop iteration it (1) drops aborted and finished
+A background thread owns the model. Each loop iteration it (0) runs the calls queued by
+other threads (``call``: installing or removing an adapter happens between two steps, so
+loading one never pauses the others' traffic), (1) drops aborted and finished
 rows, (2) admits waiting requests up to ``max_batch`` (prefilling them together in one
 left-padded forward pass and appending their KV cache to the batch), (3) runs one decode step for all rows at once and
 hands each row's new text to its sink. Requests join and leave between steps; nothing
-waits for a whole batch to finish. Knows nothing about HTTP or tenants.
+waits for a whole batch to finish. Rows of different adapters share every forward pass:
+before each pass the adapter bank learns each row's stack index (``AdapterBank.set_rows``).
+Knows nothing about HTTP or tenants.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from atelier.engine.adapters import AdapterBank
 from atelier.engine.generation import Sequence, TextStream
 from atelier.engine.kv_cache import BatchCache
 from atelier.engine.loading import LoadedModel
@@ -34,6 +41,7 @@ Sink = Callable[[TokenEvent | BaseException], None]
 class _Row:
     seq: Sequence
     sink: Sink
+    adapter: int = 0  # stack index in the adapter bank; 0 = the base model
     next_token: int = 0
 
 
@@ -71,14 +79,18 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._admitting = 0  # rows taken from the queue and being prefilled right now
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        self.adapters = AdapterBank(self._model)
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ public, any thread
 
-    def submit(self, request: GenerationRequest, sink: Sink) -> None:
+    def submit(self, request: GenerationRequest, sink: Sink, adapter: int = 0) -> None:
         """Queue a request; its events go to ``sink`` from the engine thread.
+
+        ``adapter`` is the request's stack index in ``self.adapters`` (0: the base model).
 
         Raises:
             InvalidInput: the prompt leaves no room in the context.
@@ -110,7 +122,7 @@ class Scheduler:
                     f"the model is busy: {len(self._rows)} requests running and {len(self._waiting)} queued",
                     retry_after=2.0,
                 )
-            self._waiting.append(_Row(seq, sink))
+            self._waiting.append(_Row(seq, sink, adapter))
             self._cond.notify()
 
     def abort(self, request_id: str) -> None:
@@ -118,6 +130,28 @@ class Scheduler:
         with self._cond:
             self._aborted.add(request_id)
             self._cond.notify()
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the engine thread between two steps; its result or error in the future."""
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the engine is shutting down")
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future
+
+    def fail_adapter(self, adapter: int, exc: BaseException) -> None:
+        """Engine thread: end every request of stack index ``adapter`` with ``exc``."""
+        for row in [r for r in self._rows if r.adapter == adapter]:
+            row.seq.aborted = True
+            row.sink(exc)
+        waiting = [r for r in self._waiting if r.adapter == adapter]
+        with self._cond:
+            self._waiting = deque(r for r in self._waiting if r.adapter != adapter)
+        for row in waiting:
+            row.sink(exc)
+        self._drop_done()
 
     def stats(self) -> dict[str, int]:
         with self._cond:
@@ -135,11 +169,21 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._closed and not self._waiting and not self._rows and not self._aborted:
+                    while (not self._closed and not self._waiting and not self._rows and not self._aborted
+                           and not self._calls):
                         self._cond.wait()
                     if self._closed:
                         self._fail_all(Unavailable("the engine was shut down"))
+                        for _, future in self._calls:
+                            future.set_exception(Unavailable("the engine was shut down"))
                         return
+                    calls, self._calls = self._calls, deque()
+                for fn, future in calls:
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        future.set_exception(exc)
+                with self._cond:
                     aborted, self._aborted = self._aborted, set()
                     self._waiting = deque(r for r in self._waiting if r.seq.request.request_id not in aborted)
                     admitted = self._take_waiting()
@@ -206,6 +250,7 @@ class Scheduler:
         mask = torch.tensor([[0] * (t - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)  # (n, T)
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # (n, T)
         cache = BatchCache(self._n_layers)
+        self.adapters.set_rows([r.adapter for r in rows])
         out = self._model(
             input_ids=ids,
             attention_mask=mask.to(self._device),
@@ -256,6 +301,7 @@ class Scheduler:
         input_ids = torch.tensor([[r.next_token] for r in rows], device=self._device)  # (B, 1)
         positions = torch.tensor([[r.seq.total_len - 1] for r in rows], device=self._device)  # (B, 1)
         self._mask = torch.cat([self._mask, torch.ones((b, 1), dtype=torch.long)], 1)  # (B, L+1)
+        self.adapters.set_rows([r.adapter for r in rows])
         out = self._model(
             input_ids=input_ids,
             attention_mask=self._mask.to(self._device),
