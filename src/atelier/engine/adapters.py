@@ -145,6 +145,8 @@ class AdapterLinear(torch.nn.Module):
         self.b: torch.Tensor | None = None  # (S, r, out)
         self.scale_in: torch.Tensor | None = None  # (S, in)
         self.scale_out: torch.Tensor | None = None  # (S, out)
+        self.present: dict[str, set[int]] = {"lora": set(), "scale_in": set(), "scale_out": set()}
+        """Stack indices that have weights here, per kind: terms no row of a batch uses are skipped."""
 
     @property
     def weight(self) -> torch.Tensor:  # what code inspecting the layer expects
@@ -154,7 +156,14 @@ class AdapterLinear(torch.nn.Module):
         idx = self.bank.rows
         if idx is None:
             return self.base(x)
-        return adapted_linear(x, self.base.weight, self.base.bias, idx, self.a, self.b, self.scale_in, self.scale_out)
+        used = self.bank.row_set
+        lora = self.present["lora"] & used
+        return adapted_linear(
+            x, self.base.weight, self.base.bias, idx,
+            self.a if lora else None, self.b if lora else None,
+            self.scale_in if self.present["scale_in"] & used else None,
+            self.scale_out if self.present["scale_out"] & used else None,
+        )  # fmt: skip
 
     def stacked_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.a, self.b, self.scale_in, self.scale_out) if t is not None)
@@ -167,6 +176,8 @@ class AdapterBank:
         self.model = model
         self.rows: Index | None = None
         """Stack index per row of the forward pass under way; None = every row is the base model."""
+        self.row_set: set[int] = set()
+        """The distinct stack indices of ``rows``."""
         self._linears = linear_modules(model)
         self._wrapped: dict[str, AdapterLinear] = {}
         self._capacity = 1  # stack rows, index 0 = the base model
@@ -195,6 +206,7 @@ class AdapterBank:
 
     def set_rows(self, indices: list[int]) -> None:
         """Declare the stack index of each row of the next forward pass."""
+        self.row_set = set(indices)
         if not any(indices):
             self.rows = None
         elif all(i == indices[0] for i in indices):
@@ -253,6 +265,9 @@ class AdapterBank:
             vec = getattr(w, attr) if w is not None else None
             if vec is not None and getattr(layer, attr) is None:
                 setattr(layer, attr, torch.ones((self._capacity, dim), dtype=dtype, device=dev))
+        for kind, present in (("lora", w is not None and w.a is not None), ("scale_in", w is not None and
+                              w.scale_in is not None), ("scale_out", w is not None and w.scale_out is not None)):
+            (layer.present[kind].add if present else layer.present[kind].discard)(index)
         if layer.a is not None and layer.b is not None:
             layer.a[index].zero_()
             layer.b[index].zero_()
