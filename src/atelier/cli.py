@@ -25,7 +25,11 @@ from atelier import __version__
 from atelier.cli_admin import admin_app
 from atelier.cli_limits import limits_app
 from atelier.cli_audit import audit_app, keys_app
+from atelier.cli_console import console
+from atelier.cli_clusters import cluster_app, endpoint_app
+from atelier.cli_costs import cost_app
 from atelier.cli_files import files_app
+from atelier.cli_kb import kb_app
 from atelier.cli_finetune import export_model, finetune, jobs_app
 from atelier.client import ApiError, AtelierClient, Generation, ServerUnreachable, TextStream, Usage
 from atelier.settings import Settings
@@ -41,6 +45,8 @@ app.add_typer(audit_app)
 app.add_typer(keys_app)
 app.add_typer(admin_app)
 app.add_typer(files_app)  # atelier files upload|list|show|delete|download
+app.add_typer(kb_app)  # atelier kb create|add|list|query|ask|delete
+app.command("console")(console)  # atelier console [--host --port]: the research assistant (Streamlit)
 app.command("finetune")(finetune)  # atelier finetune --model --data --method [--wait]
 app.add_typer(jobs_app)  # atelier jobs list|show|events|cancel
 models_app = typer.Typer(name="models", help="Models: list them; export a custom model's adapter.",
@@ -48,6 +54,9 @@ models_app = typer.Typer(name="models", help="Models: list them; export a custom
 app.add_typer(models_app)
 models_app.command("export")(export_model)  # atelier models export ID DIR
 admin_app.add_typer(limits_app, name="limits")  # atelier admin limits get|set
+app.add_typer(cluster_app)  # atelier cluster create|list|get|update|delete
+app.add_typer(endpoint_app)  # atelier endpoint create|list|get|update|delete
+app.add_typer(cost_app)  # atelier cost estimate|metered
 
 
 @dataclass

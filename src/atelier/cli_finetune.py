@@ -99,6 +99,9 @@ def finetune(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Cap on optimizer steps.")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     suffix: Annotated[str | None, typer.Option("--suffix", help="Added to the custom model's name.")] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", help="Fine-tuning cluster (dac_…); default any with free units.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job with a progress bar until it ends.")] = False,
     raw: RawOpt = False,
 ) -> None:
@@ -112,7 +115,7 @@ def finetune(
     training_file = _call(ctx, "upload_file", data, "fine-tune")["id"]
     validation_file = _call(ctx, "upload_file", validation_data, "fine-tune")["id"] if validation_data else None
     job = _call(ctx, "create_fine_tuning_job", model, training_file, validation_file=validation_file,
-                suffix=suffix, training_config=config)
+                suffix=suffix, training_config=config, cluster_id=cluster)
     if job["status"] == "failed":
         _fail(f"job {job['id']} failed: {(job.get('error') or {}).get('message')}")
     if wait:

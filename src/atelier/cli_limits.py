@@ -1,8 +1,10 @@
-"""``atelier admin limits get|set``: a tenancy's request limits (operator key).
+"""``atelier admin limits get|set``: a tenancy's request and unit limits (operator key).
 
 A client of ``/v1/tenancies/{id}/limits`` like the rest of the CLI. ``set`` changes only the
 limits it is given and keeps the others (it reads them first); ``--default`` puts one back
-to the service default. A tenancy is named by id (``ten_…``) or by name.
+to the service default; ``--units small=8`` sets how many units of a type the tenancy's
+dedicated clusters may hold (0 until the operator raises it). A tenancy is named by id
+(``ten_…``) or by name.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import typer
 from atelier.cli_admin import _call, _fail
 
 limits_app = typer.Typer(
-    name="limits", help="A tenancy's request limits: requests and tokens per minute, concurrent generations.",
+    name="limits", help="A tenancy's limits: requests and tokens per minute, concurrent generations, cluster units.",
     no_args_is_help=True,
 )  # fmt: skip
 
@@ -55,9 +57,23 @@ def _print(limits: dict[str, Any], raw: bool) -> None:
     for field in FIELDS.values():
         stored = limits.get(field)
         rows.append((field, "default" if stored is None else str(stored), str(limits["effective"][field])))
+    used = limits.get("units_used") or {}
+    for name, limit in (limits.get("units") or {}).items():
+        rows.append((f"units.{name}", str(limit), f"{used.get(name, 0)} in use"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def parse_units(values: list[str] | None) -> dict[str, int]:
+    """``["small=8", "large=2,embed=1"]`` → ``{"small": 8, "large": 2, "embed": 1}``."""
+    units: dict[str, int] = {}
+    for part in (p.strip() for value in values or [] for p in value.split(",")):
+        name, sep, count = (s.strip() for s in part.partition("="))
+        if not part or not sep or not name or not count.isdigit():
+            _fail(f"--units takes <unit type>=<count>, e.g. small=8 (got {part!r})")
+        units[name] = int(count)
+    return units
 
 
 @limits_app.command("get")
@@ -77,16 +93,21 @@ def set_(
         list[LimitName] | None,
         typer.Option("--default", help="Put this limit back to the service default (repeatable)."),
     ] = None,
+    units: Annotated[
+        list[str] | None,
+        typer.Option("--units", help="Cluster units the tenancy may hold, e.g. small=8 (repeatable, or a,b)."),
+    ] = None,
     raw: RawOpt = False,
 ) -> None:
     """Set some of a tenancy's limits; the others keep their values."""
     given = {LimitName.rpm: rpm, LimitName.concurrent: concurrent, LimitName.tpm: tpm}
     reset = set(default or [])
+    unit_limits = parse_units(units)
     clash = [f"--{name.value}" for name in reset if given[name] is not None]
     if clash:
         _fail(f"{', '.join(clash)} given with --default for the same limit")
-    if not reset and all(v is None for v in given.values()):
-        _fail("give at least one of --rpm, --concurrent, --tpm or --default")
+    if not reset and not unit_limits and all(v is None for v in given.values()):
+        _fail("give at least one of --rpm, --concurrent, --tpm, --units or --default")
     tenancy_id = _tenancy_id(ctx, tenancy)
     current = _call(ctx, "tenancy_limits", tenancy_id)
     values = {field: current.get(field) for field in FIELDS.values()}
@@ -95,4 +116,4 @@ def set_(
             values[field] = None
         elif given[name] is not None:
             values[field] = given[name]
-    _print(_call(ctx, "set_tenancy_limits", tenancy_id, **values), raw)
+    _print(_call(ctx, "set_tenancy_limits", tenancy_id, **values, units=unit_limits or None), raw)

@@ -17,6 +17,8 @@ from typing import Any, Literal, overload
 import httpx
 
 from atelier.client_admin import AdminMethods, _drop_none, _seg
+from atelier.client_cloud import CloudMethods
+from atelier.client_kb import KnowledgeBaseMethods
 from atelier.settings import Settings
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
@@ -228,7 +230,7 @@ def error_from_response(response: httpx.Response) -> ApiError:
     return _error_from_json(response.status_code, body, retry_after)
 
 
-class AtelierClient(AdminMethods):
+class AtelierClient(AdminMethods, CloudMethods, KnowledgeBaseMethods):
     """Client of one Atelier server.
 
     Args:
@@ -439,10 +441,11 @@ class AtelierClient(AdminMethods):
     def create_fine_tuning_job(
         self, model: str, training_file: str, *, validation_file: str | None = None, suffix: str | None = None,
         training_config: dict[str, Any] | None = None, idempotency_key: str | None = None,
+        cluster_id: str | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/fine_tuning/jobs``: the job (``queued``, or ``failed`` with every problem of the file)."""
         body = _drop_none({"model": model, "training_file": training_file, "validation_file": validation_file,
-                           "suffix": suffix, "training_config": training_config})
+                           "suffix": suffix, "training_config": training_config, "cluster_id": cluster_id})
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._send("POST", "/v1/fine_tuning/jobs", json=body, headers=headers).json()
 

@@ -84,13 +84,17 @@ class AdminMethods:
         requests_per_minute: int | None = None,
         concurrent_generations: int | None = None,
         tokens_per_minute: int | None = None,
+        units: dict[str, int] | None = None,
     ) -> dict[str, Any]:
-        """``PUT /v1/tenancies/{id}/limits`` (operator): replaces all three; None restores a default."""
-        body = {
+        """``PUT /v1/tenancies/{id}/limits`` (operator): replaces all three request limits (None
+        restores a default) and sets the unit limits of the unit types in ``units``."""
+        body: dict[str, Any] = {
             "requests_per_minute": requests_per_minute,
             "concurrent_generations": concurrent_generations,
             "tokens_per_minute": tokens_per_minute,
         }
+        if units:
+            body["units"] = units
         return self._request("PUT", f"/v1/tenancies/{_seg(tenancy_id)}/limits", body)
 
     def alerts(self, **filters: Any) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,14 @@ class Settings(BaseSettings):
     catalog_file: Path | None = Field(None, description="JSON file of extra catalog entries (local HF model dirs).")
     default_chat_model: str = Field("smollm2-135m-instruct", description="Chat model used when none is named.")
     default_embedding_model: str = Field("all-minilm-l6-v2", description="Embedding model used when none is named.")
+    vector_store: Literal["chroma", "pgvector"] = Field(
+        "chroma",
+        description="Where knowledge-base vectors and keywords live: 'chroma' (Chroma in data_dir + SQLite FTS5 in "
+        "the metadata database) or 'pgvector' (PostgreSQL at vector_database_url).",
+    )
+    vector_database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the pgvector database (postgresql+psycopg://...); vector_store=pgvector."
+    )
     units_file: Path | None = Field(
         None, description="JSON unit table (unit types, what each can do, price per unit-hour); default: the bundled one."
     )

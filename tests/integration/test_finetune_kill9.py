@@ -28,8 +28,11 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from atelier.catalog import Catalog
+from atelier.cloud.clusters import ClusterRequest, ClusterService
 from atelier.cloud.custom_models import CustomModelService
 from atelier.cloud.fine_tuning import FineTuningService, JobRequest
+from atelier.cloud.unit_limits import set_unit_limits
+from atelier.cloud.units import UnitTable
 from atelier.jobs.queue import JobQueue
 from atelier.principal import Principal
 from atelier.security.crypto import KeyManager, RootKey
@@ -182,7 +185,13 @@ def service(tmp_path_factory) -> Iterator[Service]:
     files = FileStore(db, objects)
     training_file = files.create_file(principal, filename="train.jsonl", purpose="fine-tune", data=examples()).id
     base_tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    fine_tuning = FineTuningService(db, files, Catalog.load(catalog_file), lambda name: base_tokenizer)
+    catalog, units = Catalog.load(catalog_file), UnitTable.load()
+    with db.session() as s:  # jobs run on a fine-tuning cluster of the tenancy: the operator grants units first
+        set_unit_limits(s, principal.tenancy_id, {"small": 8}, units)
+    clusters = ClusterService(db, catalog, units)
+    clusters.create(principal, ClusterRequest(name="ft", type="fine-tuning", unit_type="small", unit_count=8,
+                                              base_model=MODEL))
+    fine_tuning = FineTuningService(db, files, catalog, lambda name: base_tokenizer, clusters=clusters)
     yield Service(data_dir, env, db, fine_tuning.queue, fine_tuning, CustomModelService(db, objects), principal,
                   training_file)  # fmt: skip
     db.dispose()

@@ -2,9 +2,10 @@
 
 The base model is a tiny random Llama written to a directory with ``save_pretrained`` and
 registered through ``ATELIER_CATALOG_FILE``; the server runs one worker process
-(``--workers 1``). The client uploads the data, creates the job with Atelier's
+(``--workers 1``); a fine-tuning and a hosting cluster of it are created through the API (the
+default tenancy has units to spare). The client uploads the data, creates the job with Atelier's
 ``training_config`` in ``extra_body``, polls it to ``succeeded``, lists its events and
-checkpoints, and chats with the resulting custom model; the CLI exports the adapter as a
+checkpoints, hosts the resulting custom model on an endpoint and chats with it; the CLI exports the adapter as a
 PEFT directory that ``peft.PeftModel.from_pretrained`` loads.
 """
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -46,6 +48,12 @@ def server(tmp_path, make_server):
 
 def test_a_whole_job_with_the_openai_client(server, tmp_path):
     client = server.client()
+    key = server.env["ATELIER_ADMIN_KEY"]
+    admin = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120.0)
+    cluster = {"unit_type": "small", "base_model": MODEL}
+    ft = admin.post("/v1/clusters", json={**cluster, "name": "ft", "type": "fine-tuning", "unit_count": 2})
+    hosting = admin.post("/v1/clusters", json={**cluster, "name": "host", "type": "hosting", "unit_count": 1})
+    assert ft.status_code == hosting.status_code == 201, (ft.text, hosting.text)
     data = "".join(json.dumps({"prompt": f"Say {w}", "completion": w}) + "\n" for w in WORDS)
     path = tmp_path / "train.jsonl"
     path.write_text(data)
@@ -80,7 +88,13 @@ def test_a_whole_job_with_the_openai_client(server, tmp_path):
     assert [c.step_number for c in checkpoints] == [4, 2]
     assert checkpoints[0].metrics.train_loss is not None and checkpoints[0].fine_tuning_job_id == job.id
 
-    assert job.fine_tuned_model in [m.id for m in client.models.list()]
+    assert job.cluster_id == ft.json()["id"]
+    with pytest.raises(openai.BadRequestError):  # not hosted yet
+        client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+    endpoint = admin.post("/v1/endpoints", json={"name": "colors", "cluster_id": hosting.json()["id"],
+                                                 "model": job.fine_tuned_model})
+    assert endpoint.status_code == 201, endpoint.text
+    assert {job.fine_tuned_model, endpoint.json()["id"]} <= {m.id for m in client.models.list()}
     answer = client.chat.completions.create(
         model=job.fine_tuned_model, messages=[{"role": "user", "content": "Say red"}], max_tokens=4, temperature=0
     )

@@ -39,6 +39,9 @@ def server(tmp_path_factory):
     catalog = Catalog(list(BUILTIN) + [TINY])
     engine = LocalEngine(catalog, settings, preloaded={"tiny": tiny_loaded("tiny")})
     with TestClient(create_app(settings, engine=engine, catalog=catalog)) as http:
+        cluster = {"name": "ft-tiny", "type": "fine-tuning", "unit_type": "small", "unit_count": 2, "base_model": "tiny"}
+        created = http.post("/v1/clusters", json=cluster, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert created.status_code == 201, created.text  # jobs run on a fine-tuning cluster of their model
         yield http
     engine.close()
 
@@ -106,7 +109,15 @@ def test_finetune_wait_jobs_and_export(server, worker, tmp_path):
     assert json.loads((target / "adapter_config.json").read_text())["peft_type"] == "IA3"
     assert (target / "adapter_model.safetensors").stat().st_size > 0
     assert run(server, "models", "export", job["fine_tuned_model"], str(target)).exit_code == 1  # no overwrite
-    assert job["fine_tuned_model"] in run(server, "models").output
+    assert job["fine_tuned_model"] not in run(server, "models").output  # served once an endpoint hosts it
+    hosting = run(server, "cluster", "create", "host-tiny", "--type", "hosting", "--units", "1", "--model", "tiny")
+    assert hosting.exit_code == 0 and "active" in hosting.output, hosting.output
+    endpoint = run(server, "endpoint", "create", "qa", "--cluster", "host-tiny", "--model", job["fine_tuned_model"],
+                   "--json")
+    assert endpoint.exit_code == 0, endpoint.output
+    endpoint_id = json.loads(endpoint.output)["id"]
+    models = run(server, "models").output
+    assert job["fine_tuned_model"] in models and endpoint_id in models
 
 
 def test_finetune_reports_a_bad_file(server, tmp_path):

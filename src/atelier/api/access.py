@@ -145,6 +145,32 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/custom-models/{custom_model_id}"): policy("custom-models", "get"),
     ("GET", "/v1/custom-models/{custom_model_id}/adapter"): policy("custom-models", "get"),
     ("DELETE", "/v1/custom-models/{custom_model_id}"): policy("custom-models", "delete"),
+    # dedicated AI clusters; running a job or hosting an endpoint on one needs "use" (checked by those routes)
+    ("POST", "/v1/clusters"): policy("clusters", "create"),
+    ("GET", "/v1/clusters"): policy("clusters", "list"),
+    ("GET", "/v1/clusters/{cluster_id}"): policy("clusters", "get"),
+    ("PATCH", "/v1/clusters/{cluster_id}"): policy("clusters", "update"),
+    ("DELETE", "/v1/clusters/{cluster_id}"): policy("clusters", "delete"),
+    # endpoints; invoking one in chat is checked by the chat route
+    ("POST", "/v1/endpoints"): policy("endpoints", "create"),
+    ("GET", "/v1/endpoints"): policy("endpoints", "list"),
+    ("GET", "/v1/endpoints/{endpoint_id}"): policy("endpoints", "get"),
+    ("PATCH", "/v1/endpoints/{endpoint_id}"): policy("endpoints", "update"),
+    ("DELETE", "/v1/endpoints/{endpoint_id}"): policy("endpoints", "delete"),
+    # cost: estimates for anyone, the metered cost of the clusters one may inspect
+    ("POST", "/v1/cost-estimate"): AUTHENTICATED,
+    ("GET", "/v1/costs"): policy("clusters", "list"),
+    # knowledge bases; their documents and searches are decided on the knowledge base itself
+    ("POST", "/v1/knowledge-bases"): policy("knowledge-bases", "create"),
+    ("GET", "/v1/knowledge-bases"): policy("knowledge-bases", "list"),
+    ("GET", "/v1/knowledge-bases/{knowledge_base_id}"): policy("knowledge-bases", "get"),
+    ("DELETE", "/v1/knowledge-bases/{knowledge_base_id}"): policy("knowledge-bases", "delete"),
+    ("POST", "/v1/knowledge-bases/{knowledge_base_id}/documents"): policy("knowledge-bases", "update"),
+    ("GET", "/v1/knowledge-bases/{knowledge_base_id}/documents"): policy("knowledge-bases", "get"),
+    ("GET", "/v1/knowledge-bases/{knowledge_base_id}/documents/{document_id}"): policy("knowledge-bases", "get"),
+    ("DELETE", "/v1/knowledge-bases/{knowledge_base_id}/documents/{document_id}"): policy("knowledge-bases", "update"),
+    ("POST", "/v1/knowledge-bases/{knowledge_base_id}/query"): policy("knowledge-bases", "invoke"),
+    ("POST", "/v1/knowledge-bases/{knowledge_base_id}/answer"): policy("knowledge-bases", "invoke"),
 }
 """(METHOD, path template) → rule. Every route of the app must appear here."""
 

@@ -15,8 +15,14 @@ it (``atelier.jobs.fine_tune``). Creating one:
    creating process died while validating is validated again by an identical retry with
    the same ``Idempotency-Key``.
 
-``cluster_id`` is accepted and stored with the job, but dedicated clusters come with a
-later issue: today every job runs on the service's local workers.
+A job runs only on an **active fine-tuning cluster** of its tenancy, of its base model, with
+enough free units (the units of the model's sizing; the cluster's jobs in
+``validating_files``, ``queued`` or ``running`` hold theirs): the one named by ``cluster_id``
+(another tenancy's, or one the caller's policies do not let it use, is a 400 "not found or
+not authorized"), else the oldest eligible one; none is a 409 saying what to create. The
+cluster is recorded in ``jobs.cluster_id``; the service's workers run the job (local
+capacity). A process-wide lock makes choosing the cluster and submitting the job one step,
+so two requests cannot take the same free units (one API process admits jobs).
 
 Every method takes the caller's ``Principal`` first; another tenancy's job is ``NotFound``,
 exactly like a missing one. Knows nothing about HTTP or policies (the routes check those).
@@ -32,13 +38,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from atelier.catalog import Catalog
+from atelier.catalog import Catalog, ModelSpec
+from atelier.cloud.clusters import ADMISSION, ClusterService
+from atelier.cloud.units import UnitTable
 from atelier.errors import Conflict, InvalidInput, NotFound
 from atelier.jobs.queue import JobQueue
 from atelier.principal import Principal
 from atelier.store.db import Database
 from atelier.store.files import FileStore
-from atelier.store.tables import NAME_LENGTH, Job, JobEvent
+from atelier.store.tables import NAME_LENGTH, Cluster, Job, JobEvent
 from atelier.tuning.config import TuneConfig
 from atelier.tuning.data import validate
 
@@ -72,7 +80,8 @@ class JobRequest(BaseModel):
         None, description="Atelier's settings, OCI's names: `type` lora|tfew, `total_training_epochs`, `lora_r`..."
     )
     cluster_id: str | None = Field(
-        None, max_length=100, description="A dedicated fine-tuning cluster (stored; clusters come in a later release)."
+        None, max_length=100,
+        description="The fine-tuning cluster to run on; default: any active one of the model with free units.",
     )
     metadata: dict[str, str] | None = Field(None, description="Accepted for OpenAI's clients; stored with the job.")
     integrations: list[Any] | None = Field(None, description="Accepted for OpenAI's clients; must be empty or null.")
@@ -128,23 +137,28 @@ class FineTuningService:
         catalog: The base models.
         tokenizer: ``tokenizer(model name)`` → the base model's tokenizer (the engine's).
         queue: The job queue; default ``JobQueue(db)``.
+        clusters: The cluster service (where a job may run); default one over the bundled unit table.
     """
 
     def __init__(self, db: Database, files: FileStore, catalog: Catalog, tokenizer: Callable[[str], Any],
-                 queue: JobQueue | None = None):
+                 queue: JobQueue | None = None, clusters: ClusterService | None = None):
         self._db = db
         self._files = files
         self._catalog = catalog
         self._tokenizer = tokenizer
         self.queue = queue or JobQueue(db)
+        self.clusters = clusters or ClusterService(db, catalog, UnitTable.load())
 
-    def create(self, principal: Principal, body: JobRequest, *, idempotency_key: str | None = None) -> Job:
-        """Validate the request and its files, then queue the job (or fail it with the file's problems).
+    def create(self, principal: Principal, body: JobRequest, *, idempotency_key: str | None = None,
+               may_use: Callable[[Cluster], bool] = lambda cluster: True) -> Job:
+        """Validate the request and its files, admit it on a cluster, then queue the job (or fail it
+        with the file's problems).
 
         Args:
             principal: The caller; the job belongs to its tenancy.
             body: The request.
             idempotency_key: The ``Idempotency-Key`` header, if any.
+            may_use: ``may_use(cluster)`` → whether the caller's policies let it use that cluster.
 
         Returns:
             The job: ``queued``, or ``failed`` with every problem of the files by line.
@@ -152,8 +166,10 @@ class FineTuningService:
         Raises:
             InvalidInput: A hyperparameter out of range (``param`` names it), an unknown base
                 model (``model``), a bad suffix, or a file id that is not the caller's
-                (``training_file``/``validation_file``, "not found or not authorized").
-            Conflict: The idempotency key was used for another request.
+                (``training_file``/``validation_file``, "not found or not authorized"), or a
+                ``cluster_id`` that is not a fine-tuning cluster of the model the caller may use.
+            Conflict: The idempotency key was used for another request; no active fine-tuning
+                cluster of the model with enough free units (the message says what to create).
         """
         config = TuneConfig.from_request(body.training_config, _hyperparameters(body), seed=body.seed)
         try:
@@ -189,7 +205,7 @@ class FineTuningService:
             "cluster_id": body.cluster_id,
             "metadata": body.metadata,
         }
-        job = self.queue.submit(principal, KIND, payload, idempotency_key=idempotency_key, state="validating_files")
+        job = self._admit(principal, spec, payload, idempotency_key, may_use)
         if job.state != "validating_files":
             return job
         problems = self.check_files(principal, payload, config)
@@ -199,6 +215,28 @@ class FineTuningService:
             return self.queue.enqueue(principal, job.id)
         except Conflict:  # an identical request (same key) settled it meanwhile, or it was cancelled
             return self.queue.get(principal, job.id)
+
+    def _admit(self, principal: Principal, spec: ModelSpec, payload: dict[str, Any], idempotency_key: str | None,
+               may_use: Callable[[Cluster], bool]) -> Job:
+        """Submit the job on the cluster it runs on (or return the one submitted with this key)."""
+        if idempotency_key is not None and self._by_key(principal, idempotency_key):
+            return self.queue.submit(principal, KIND, payload, idempotency_key=idempotency_key,
+                                     state="validating_files")  # the same job, or Conflict for another request
+        with ADMISSION:
+            with self._db.session() as session:
+                cluster = self.clusters.admit_job(session, principal, spec, payload["cluster_id"], may_use)
+            job = self.queue.submit(principal, KIND, payload, idempotency_key=idempotency_key,
+                                    state="validating_files")
+            if job.cluster_id is None:
+                with self._db.session() as session:
+                    session.get(Job, job.id).cluster_id = cluster.id
+                job.cluster_id = cluster.id
+        return job
+
+    def _by_key(self, principal: Principal, key: str) -> bool:
+        query = select(Job.id).where(Job.tenancy_id == principal.tenancy_id, Job.idempotency_key == key)
+        with self._db.session() as session:
+            return session.scalar(query) is not None
 
     def check_files(self, principal: Principal, payload: dict[str, Any], config: TuneConfig) -> str | None:
         """Every problem of the job's files by line (None when they can be trained on).

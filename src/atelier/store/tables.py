@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     LargeBinary,
     MetaData,
     Boolean,
@@ -428,6 +429,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    cluster_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    """The fine-tuning cluster whose units the job holds (migration 0005; no foreign key, as SQLite
+    cannot add one to a table others point at without copying it); None for other kinds."""
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, tenancy_id={self.tenancy_id!r}, kind={self.kind!r}, state={self.state!r})"
@@ -470,3 +474,199 @@ class CustomModel(Base):
 
     def __repr__(self) -> str:
         return f"CustomModel(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r})"
+
+
+# --- dedicated AI clusters, endpoints, unit limits (migration 0005) ------------------------
+
+
+class TenancyUnitLimit(Base):
+    """How many units of one type a tenancy's clusters may hold at once; absent means 0 (as in OCI)."""
+
+    __tablename__ = "tenancy_unit_limits"
+    __table_args__ = (CheckConstraint("units >= 0", name="units"),)
+
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), primary_key=True)
+    unit_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    units: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Cluster(Base):
+    """A dedicated AI cluster: units of one type reserved for fine-tuning or hosting one base model.
+
+    A deleted cluster keeps its row (state ``deleted``, ``deleted_at``) so that its cost so
+    far can still be metered; names are unique among a tenancy's clusters that are not deleted.
+    """
+
+    __tablename__ = "clusters"
+    __table_args__ = (
+        CheckConstraint("type IN ('hosting', 'fine-tuning')", name="type"),
+        CheckConstraint("unit_count >= 1", name="unit_count"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("dac"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    compartment_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("compartments.id"))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(400), default="")
+    type: Mapped[str] = mapped_column(String(16))
+    unit_type: Mapped[str] = mapped_column(String(32))
+    unit_count: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    state: Mapped[str] = mapped_column(String(24), index=True)
+    state_details: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    active_at: Mapped[datetime | None]
+    """When it first became active (metering starts there); None if it never did."""
+    deleted_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"Cluster(id={self.id!r}, tenancy_id={self.tenancy_id!r}, type={self.type!r}, state={self.state!r})"
+
+
+class Endpoint(Base):
+    """A served model on a hosting cluster: the base model, or one custom model of the same base.
+
+    ``custom_model_id`` has no foreign key: a deleted endpoint keeps naming what it served
+    after that custom model is gone.
+    """
+
+    __tablename__ = "endpoints"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("ep"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    compartment_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("compartments.id"))
+    cluster_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("clusters.id"), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(400), default="")
+    base_model: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    custom_model_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
+    state: Mapped[str] = mapped_column(String(24), index=True)
+    state_details: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"Endpoint(id={self.id!r}, tenancy_id={self.tenancy_id!r}, cluster_id={self.cluster_id!r})"
+
+
+# --- knowledge bases and their documents (migration 0007) ---------------------------------
+
+KNOWLEDGE_BASE_STATES: tuple[str, ...] = ("active", "deleting")
+"""``deleting``: its vectors, chunks and documents are being removed (finished at the next start if cut off)."""
+DOCUMENT_STATES: tuple[str, ...] = ("pending", "ingesting", "ready", "failed")
+"""A document's ingestion: queued, running, searchable, or failed with ``error``."""
+
+
+class KnowledgeBase(Base):
+    """A searchable collection of documents, embedded with one embedding model.
+
+    Its vectors and keyword index live in the vector store (``store.vectors``), under the
+    scope (tenancy, knowledge base id). ``document_count`` and ``chunk_count`` are
+    recounted from ``kb_documents`` whenever a document changes state.
+    """
+
+    __tablename__ = "knowledge_bases"
+    __table_args__ = (
+        UniqueConstraint("tenancy_id", "name"),
+        CheckConstraint("chunk_size >= 1", name="chunk_size"),
+        CheckConstraint("chunk_overlap >= 0 AND chunk_overlap < chunk_size", name="chunk_overlap"),
+        CheckConstraint("search_breadth >= 1", name="search_breadth"),
+        CheckConstraint("state IN ('active', 'deleting')", name="state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("kb"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    compartment_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("compartments.id"))
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    description: Mapped[str] = mapped_column(String(400), default="")
+    embedding_model: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    dimensions: Mapped[int] = mapped_column(Integer)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    """Most tokens of the embedding model in one chunk."""
+    chunk_overlap: Mapped[int] = mapped_column(Integer)
+    """Tokens a chunk repeats from the end of the previous one."""
+    search_breadth: Mapped[int] = mapped_column(Integer)
+    """How many candidates the vector index explores per query (HNSW ``ef``)."""
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    document_count: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"KnowledgeBase(id={self.id!r}, tenancy_id={self.tenancy_id!r}, name={self.name!r})"
+
+
+class KbDocument(Base):
+    """One uploaded document of a knowledge base; its bytes are a sealed object (kind ``document``).
+
+    Content is unique per knowledge base (``sha256``): uploading the same bytes again
+    returns the existing document. A new upload under the same file name is a new
+    ``version`` that ``replaces_id`` the previous one once it is ingested.
+    """
+
+    __tablename__ = "kb_documents"
+    __table_args__ = (
+        UniqueConstraint("knowledge_base_id", "sha256"),
+        CheckConstraint("state IN ('pending', 'ingesting', 'ready', 'failed')", name="state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=lambda: new_id("doc"))
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"), index=True)
+    knowledge_base_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("knowledge_bases.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(100))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    tags: Mapped[list[Any]] = mapped_column(JSON)
+    object_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    replaces_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    """The previous version (same file name), removed once this one is ready; no foreign key."""
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ingested_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"KbDocument(id={self.id!r}, knowledge_base_id={self.knowledge_base_id!r}, state={self.state!r})"
+
+
+# --- knowledge-base chunks, the keyword side of the embedded store (migration 0006) -----
+
+
+class KbChunk(Base):
+    """One chunk of a knowledge-base document: its text, span and tags, for BM25 and for citations.
+
+    The vectors live in Chroma; the SQLite FTS5 index of each knowledge base
+    (``store/keywords.py``) points at these rows by ``id``. A chunk id is unique within
+    its tenancy and knowledge base.
+    """
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (
+        UniqueConstraint("tenancy_id", "knowledge_base_id", "chunk_id"),
+        Index("ix_kb_chunks_document", "tenancy_id", "knowledge_base_id", "document_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenancy_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenancies.id"))
+    knowledge_base_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    document_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    chunk_id: Mapped[str] = mapped_column(String(2 * ID_LENGTH))
+    position: Mapped[int] = mapped_column(Integer)
+    start: Mapped[int] = mapped_column(Integer)
+    end: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str] = mapped_column(Text, default="")
+    filename: Mapped[str] = mapped_column(String(255))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    text: Mapped[str] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"KbChunk(chunk_id={self.chunk_id!r}, knowledge_base_id={self.knowledge_base_id!r})"

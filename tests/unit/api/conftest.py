@@ -77,6 +77,36 @@ def anon(app, client) -> TestClient:
     return TestClient(app)
 
 
+@pytest.fixture(scope="module")
+def provision(client):
+    """``provision(http, tenancy_id=None, fine_tuning=2, hosting=0, model="tiny")`` → ``{type: cluster id}``.
+
+    Creates a fine-tuning cluster of ``fine_tuning`` small units and/or a hosting cluster of
+    ``hosting`` units on ``model`` through the API, as ``http``'s tenancy; for a tenancy other
+    than the operator's (``tenancy_id`` given), the operator first raises its small-unit limit
+    by what the clusters need (a new tenancy's limit is 0).
+    """
+    counter = iter(range(1_000_000))
+
+    def make(http, tenancy_id=None, fine_tuning=2, hosting=0, model="tiny") -> dict[str, str]:
+        if tenancy_id is not None:
+            limits = client.get(f"/v1/tenancies/{tenancy_id}/limits").json()
+            granted = limits["units"]["small"] + fine_tuning + hosting
+            raised = client.put(f"/v1/tenancies/{tenancy_id}/limits", json={"units": {"small": granted}})
+            assert raised.status_code == 200, raised.text
+        made = {}
+        for kind, units in (("fine-tuning", fine_tuning), ("hosting", hosting)):
+            if units:
+                body = {"name": f"{kind}-{next(counter)}", "type": kind, "unit_type": "small", "unit_count": units,
+                        "base_model": model}
+                created = http.post("/v1/clusters", json=body)
+                assert created.status_code == 201, created.text
+                made[kind] = created.json()["id"]
+        return made
+
+    return make
+
+
 @pytest.fixture
 def check_error():
     """``check_error(response, status, param=..., type_=...)`` → the ``error`` object, checked."""

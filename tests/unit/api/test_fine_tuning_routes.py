@@ -2,7 +2,9 @@
 
 The worker runs the real ``fine-tune`` handler against the tiny random Llama (a fresh copy
 per job, as a worker process loads one), so a whole job (validation, LoRA training,
-sealing, custom model, chat with it) takes a few seconds.
+sealing, custom model, chat with it) takes a few seconds. Jobs run on a fine-tuning cluster
+of the tiny model and custom models are served by endpoints on a hosting cluster, both
+created through the API like a user would.
 """
 
 from __future__ import annotations
@@ -60,6 +62,18 @@ def run_worker(app) -> bool:
     return worker.run_once()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def clusters(client, provision):
+    """A fine-tuning cluster of the tiny model with room for four jobs, and a hosting cluster."""
+    return provision(client, fine_tuning=8, hosting=1)
+
+
+def host(http: TestClient, cluster_id: str, model: str, name: str) -> dict:
+    response = http.post("/v1/endpoints", json={"name": name, "cluster_id": cluster_id, "model": model})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 @pytest.fixture(scope="module")
 def tenancy_b(client):
     created = client.post("/v1/tenancies", json={"name": "ft-beta"})
@@ -94,7 +108,7 @@ def test_a_job_runs_to_a_custom_model(finished, client, app):
         assert obj.kind == "adapter" and obj.tenancy_id == job["organization_id"]
     files = read_adapter(client.get(f"/v1/custom-models/{model_id}/adapter").content)
     assert json.loads(files["adapter_config.json"])["peft_type"] == "LORA"
-    assert model_id in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert created["cluster_id"] == job["cluster_id"] and job["cluster_id"].startswith("dac_")
 
 
 def test_events_are_openai_shaped_and_once_per_step(finished, client):
@@ -122,10 +136,15 @@ def test_checkpoints_list_the_saved_steps(finished, client):
     assert first["metrics"]["step"] == first["step_number"] and first["metrics"]["train_loss"] is not None
 
 
-def test_chat_with_the_custom_model(finished, client, tenancy_b, check_error):
+def test_chat_with_the_custom_model(finished, client, clusters, tenancy_b, check_error):
     model_id = finished[1]["fine_tuned_model"]
     body = {"model": model_id, "messages": [{"role": "user", "content": "Say red"}], "max_tokens": 4,
             "temperature": 0}
+    unhosted = check_error(client.post("/v1/chat/completions", json=body), 400, param="model")
+    assert unhosted["code"] == "model_not_hosted" and "create an endpoint" in unhosted["message"]
+    endpoint = host(client, clusters["hosting"], model_id, "colors")
+    listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert model_id in listed and endpoint["id"] in listed
     answer = client.post("/v1/chat/completions", json=body)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == model_id and answer.json()["usage"]["completion_tokens"] >= 1
@@ -133,6 +152,9 @@ def test_chat_with_the_custom_model(finished, client, tenancy_b, check_error):
     assert again["choices"][0]["message"]["content"] == answer.json()["choices"][0]["message"]["content"]
     text = client.post("/v1/completions", json={"model": model_id, "prompt": "Say", "max_tokens": 2})
     assert text.status_code == 200, text.text
+    by_endpoint = client.post("/v1/chat/completions", json={**body, "model": endpoint["id"]}).json()
+    assert by_endpoint["model"] == endpoint["id"]
+    assert by_endpoint["choices"][0]["message"]["content"] == again["choices"][0]["message"]["content"]
     foreign = tenancy_b.post("/v1/chat/completions", json=body)
     unknown = tenancy_b.post("/v1/chat/completions", json={**body, "model": "cm_" + "0" * 24})
     check_error(foreign, 404)
@@ -195,11 +217,16 @@ def test_list_jobs_and_isolation(finished, client, tenancy_b, check_error):
     check_error(client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel"), 409)
 
 
-def test_delete_custom_model(client, app, check_error):
+def test_delete_custom_model(client, app, clusters, check_error):
     job = create(client, upload(client, examples()), training_config={**SMALL, "total_training_epochs": 1})
     assert run_worker(app)
     model_id = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["fine_tuned_model"]
     check_error(client.delete(f"/v1/custom-models/cm_{'0' * 24}"), 404)
+    endpoint = host(client, clusters["hosting"], model_id, "to-delete")
+    assert app.state.engine.adapter_slot(model_id) is not None  # loaded once, when the endpoint was created
+    assert "delete them first" in check_error(client.delete(f"/v1/custom-models/{model_id}"), 409)["message"]
+    assert client.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
+    assert app.state.engine.adapter_slot(model_id) is None  # the last endpoint freed the adapter
     assert client.delete(f"/v1/custom-models/{model_id}").json() == {
         "id": model_id, "object": "custom_model", "deleted": True}
     check_error(client.get(f"/v1/custom-models/{model_id}"), 404)

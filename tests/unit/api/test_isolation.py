@@ -33,6 +33,10 @@ BODIES = {
     ("PUT", "/v1/policies/{policy_id}"): {"name": "probe", "statements": "allow group Administrators to inspect files in tenancy"},
     ("POST", "/v1/api-keys/{key_id}/rotate"): {},
     ("POST", "/v1/groups/{group_id}/members"): {"user_id": "<own user_id>"},
+    ("POST", "/v1/knowledge-bases/{knowledge_base_id}/query"): {"query": "probe"},
+    ("POST", "/v1/knowledge-bases/{knowledge_base_id}/answer"): {"question": "probe"},
+    ("PATCH", "/v1/clusters/{cluster_id}"): {"description": "probe"},
+    ("PATCH", "/v1/endpoints/{endpoint_id}"): {"description": "probe"},
 }
 """Valid bodies for routes with ids in the path, so that only the id can make them fail."""
 
@@ -65,9 +69,22 @@ class Tenancy:
         )  # fmt: skip
         assert uploaded.status_code == 200, uploaded.text
         self.file_id = uploaded.json()["id"]
+        raised = client.put(f"/v1/tenancies/{self.id}/limits", json={"units": {"small": 3}})  # 0 until the operator
+        assert raised.status_code == 200, raised.text
+        cluster = {"type": "fine-tuning", "unit_type": "small", "unit_count": 2, "base_model": "tiny"}
+        self.cluster_id = self.post("/v1/clusters", {**cluster, "name": "ft"})["id"]
+        self.hosting_cluster_id = self.post("/v1/clusters", {**cluster, "name": "host", "type": "hosting",
+                                                             "unit_count": 1})["id"]
+        self.endpoint_id = self.post("/v1/endpoints", {"name": "base", "cluster_id": self.hosting_cluster_id,
+                                                       "model": "tiny"})["id"]
         job = self.post("/v1/fine_tuning/jobs", {"model": "tiny", "training_file": self.file_id}, status=200)
         self.fine_tuning_job_id = job["id"]  # failed validation (one example): a job all the same
         self.custom_model_id = add_custom_model(client.app, self.id, job["id"])
+        self.knowledge_base_id = self.post("/v1/knowledge-bases", {"name": "docs", "compartment": "eng"})["id"]
+        document = self.http.post(f"/v1/knowledge-bases/{self.knowledge_base_id}/documents",
+                                  files={"file": ("notes.txt", f"Notes of {name}.".encode())})
+        assert document.status_code == 201, document.text
+        self.document_id = document.json()["id"]  # pending: no worker runs here
         listed = {kind: self.http.get(f"/v1/{kind}").json()["data"] for kind in ("groups", "policies", "api-keys")}
         self.all_owned = {  # every object of each kind, the built-in ones too
             "tenancy_id": [self.id],
@@ -79,6 +96,10 @@ class Tenancy:
             "file_id": [self.file_id],
             "fine_tuning_job_id": [self.fine_tuning_job_id],
             "custom_model_id": [self.custom_model_id],
+            "knowledge_base_id": [self.knowledge_base_id],
+            "document_id": [self.document_id],
+            "cluster_id": [self.cluster_id, self.hosting_cluster_id],
+            "endpoint_id": [self.endpoint_id],
         }
         assert all(len(ids) >= 1 for ids in self.all_owned.values()), self.all_owned
         self.owned = {
@@ -91,6 +112,10 @@ class Tenancy:
             "file_id": self.file_id,
             "fine_tuning_job_id": self.fine_tuning_job_id,
             "custom_model_id": self.custom_model_id,
+            "knowledge_base_id": self.knowledge_base_id,
+            "document_id": self.document_id,
+            "cluster_id": self.cluster_id,
+            "endpoint_id": self.endpoint_id,
         }
 
     def post(self, path: str, body: dict, status: int = 201) -> dict:
@@ -176,7 +201,14 @@ def test_ids_in_bodies_answer_400(app, tenancies):
         ("POST", "/v1/fine_tuning/jobs", {"model": "tiny", "training_file": a.file_id}, "training_file"),
         ("POST", "/v1/fine_tuning/jobs", {"model": "tiny", "training_file": b.file_id, "validation_file": a.file_id},
          "validation_file"),
+        ("POST", "/v1/fine_tuning/jobs", {"model": "tiny", "training_file": b.file_id, "cluster_id": a.cluster_id},
+         "cluster_id"),
+        ("POST", "/v1/endpoints", {"name": "x", "cluster_id": a.hosting_cluster_id, "model": "tiny"}, "cluster_id"),
+        ("POST", "/v1/endpoints", {"name": "x", "cluster_id": b.hosting_cluster_id, "model": a.custom_model_id},
+         "model"),
     ]
+    probes.append(("POST", "/v1/chat/completions", {"model": "tiny", "knowledge_base": a.knowledge_base_id,
+                                                     "messages": [{"role": "user", "content": "hi"}]}, "knowledge_base"))
     for method, path, body, param in probes:
         response = b.http.request(method, path, json=body)
         attempts += 1
@@ -206,6 +238,16 @@ def test_another_tenancys_object_looks_exactly_missing(app, tenancies):
         assert body_theirs == body_absent, template
         compared += 1
     assert compared >= 5
+
+
+def test_a_search_of_another_tenancys_knowledge_base_looks_exactly_missing(app, tenancies):
+    a, b = tenancies
+    missing = "kb_" + "0" * 24
+    for route, body in (("query", {"query": "notes"}), ("answer", {"question": "notes?"})):
+        theirs = b.http.post(f"/v1/knowledge-bases/{a.knowledge_base_id}/{route}", json=body)
+        absent = b.http.post(f"/v1/knowledge-bases/{missing}/{route}", json=body)
+        assert theirs.status_code == absent.status_code == 404, theirs.text
+        assert theirs.text.replace(a.knowledge_base_id, "<id>") == absent.text.replace(missing, "<id>")
 
 
 @pytest.fixture(scope="module")

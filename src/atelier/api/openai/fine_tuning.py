@@ -5,7 +5,9 @@
 unchanged; Atelier's settings ride in the same body (``training_config``, ``cluster_id``,
 sent with ``extra_body``). ``Idempotency-Key`` makes a create safe to retry. Policies decide
 on resource type ``fine-tuning-jobs``; the files named in the body must be ones the caller
-may read (``get`` on ``files``), else 400 "not found or not authorized". The work is in
+may read (``get`` on ``files``), else 400 "not found or not authorized"; the job runs on a
+fine-tuning cluster the caller may use (``use`` on ``clusters``; see ``atelier.cloud.fine_tuning``
+for how one is chosen, and the 409 when there is none). The work is in
 ``atelier.cloud.fine_tuning``; this module maps HTTP to it and rows to OpenAI's shapes.
 """
 
@@ -21,11 +23,12 @@ from starlette.concurrency import run_in_threadpool
 from atelier.api.access import Access
 from atelier.api.deps import AccessDep
 from atelier.api.references import body_reference
+from atelier.api.resources.clusters import cluster_service, compartment_path
 from atelier.cloud.fine_tuning import Checkpoint, FineTuningService, JobRequest
 from atelier.errors import InvalidInput
 from atelier.store import identity
 from atelier.store.files import FileStore
-from atelier.store.tables import Job, JobEvent
+from atelier.store.tables import Cluster, Job, JobEvent
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -66,7 +69,7 @@ class FineTuningJob(BaseModel):
     metadata: dict[str, str] | None = None
     suffix: str | None = None
     training_config: dict[str, Any] = Field(description="The resolved training settings (OCI's names).")
-    cluster_id: str | None = Field(None, description="As given; clusters come in a later release.")
+    cluster_id: str | None = Field(None, description="The fine-tuning cluster the job runs on.")
 
 
 class JobList(BaseModel):
@@ -120,7 +123,8 @@ class CheckpointList(BaseModel):
 
 def _service(request: Request) -> FineTuningService:
     state = request.app.state
-    return FineTuningService(state.db, FileStore(state.db, state.objects), state.catalog, state.engine.tokenizer)
+    return FineTuningService(state.db, FileStore(state.db, state.objects), state.catalog, state.engine.tokenizer,
+                             clusters=cluster_service(request))
 
 
 ServiceDep = Annotated[FineTuningService, Depends(_service)]
@@ -152,7 +156,7 @@ def job_out(job: Job) -> FineTuningJob:
         method={"type": "supervised", "supervised": {"hyperparameters": p["hyperparameters"]}},
         training_file=p["training_file"], validation_file=p.get("validation_file"),
         trained_tokens=result.get("trained_tokens"), error=_error(job), seed=p["seed"], metadata=p.get("metadata"),
-        suffix=p.get("suffix"), training_config=p["training_config"], cluster_id=p.get("cluster_id"),
+        suffix=p.get("suffix"), training_config=p["training_config"], cluster_id=job.cluster_id,
     )  # fmt: skip
 
 
@@ -203,7 +207,12 @@ def _check_files(access: Access, request: Request, body: JobRequest) -> None:
 def _create(access: Access, request: Request, service: FineTuningService, body: JobRequest,
             key: str | None) -> FineTuningJob:
     _check_files(access, request, body)
-    return job_out(service.create(access.principal, body, idempotency_key=key))
+
+    def may_use(cluster: Cluster) -> bool:
+        return access.decide("invoke", "clusters", target_id=cluster.id, target_name=cluster.name,
+                             compartment_path=compartment_path(request, access, cluster.compartment_id)).allowed
+
+    return job_out(service.create(access.principal, body, idempotency_key=key, may_use=may_use))
 
 
 @router.post("/fine_tuning/jobs", response_model=FineTuningJob, summary="Create a fine-tuning job")

@@ -1,34 +1,35 @@
-"""The ``model`` of a chat or text completion: a catalog base model, or a custom model of the caller's tenancy.
+"""The ``model`` of a chat or text completion: a catalog base model, an endpoint, or a hosted custom model.
 
-A custom model id (``cm_…``) is resolved after the policy check (``invoke`` on
-``custom-models``): another tenancy's id, or one the caller may not see, answers exactly
-what an unknown model answers (404 ``model_not_found``). The engine then gets an opaque
-adapter slot, never a path or a name from the request. The first request of a custom
-model opens its sealed adapter into a private temporary directory, hands it to the engine
-(``EngineClient.add_adapter``, which reads it once) and deletes the directory: the
-plaintext adapter stays on disk only for that moment. Later requests reuse the slot while
-the engine keeps the adapter loaded (see ``LocalEngine`` for what that costs).
+- a catalog chat model's name: the shared base model, for any authenticated caller;
+- an endpoint id (``ep_…``) of the caller's tenancy: policy ``invoke`` on ``endpoints``; the
+  endpoint must be active; it serves its base model or its custom model's adapter;
+- a custom model id (``cm_…``) of the caller's tenancy: policy ``invoke`` on
+  ``custom-models``; it must be hosted on an active endpoint (else 400 ``model_not_hosted``,
+  saying to create one).
+
+Another tenancy's id, or one the caller may not see, answers exactly what an unknown model
+answers (404 ``model_not_found``). The engine then gets an opaque adapter slot, never a path
+or a name from the request: the adapter was loaded once when its endpoint was created
+(``atelier.cloud.endpoints.AdapterHost``), and is loaded again only if the engine evicted it.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from atelier.api.resources.clusters import compartment_path
+from atelier.api.resources.endpoints import endpoint_service
 from atelier.catalog import Catalog, ModelSpec
 from atelier.cloud.custom_models import CustomModelService
+from atelier.cloud.endpoints import CUSTOM_MODEL_PREFIX, ENDPOINT_PREFIX, EndpointService
 from atelier.engine.client import EngineClient
-from atelier.errors import NotFound, Unavailable
-from atelier.store import identity
-from atelier.tuning.export import unpack_adapter
+from atelier.errors import InvalidInput, NotFound
 
-CUSTOM_MODEL_PREFIX = "cm_"
 RESOURCE_TYPE = "custom-models"
+ENDPOINTS = "endpoints"
 
 
 @dataclass(frozen=True)
@@ -49,45 +50,53 @@ async def resolve(request: Request, engine: EngineClient, catalog: Catalog, name
     """The served model named ``name`` for this request's caller.
 
     Raises:
-        NotFound: Neither a catalog chat model nor a custom model the caller may invoke
-            (the same error either way, ``model_not_found``).
-        Forbidden: A custom model the caller may see but not invoke.
+        NotFound: Not a catalog chat model, nor an endpoint or custom model the caller may
+            invoke (the same error either way, ``model_not_found``).
+        Forbidden: An endpoint or custom model the caller may see but not invoke.
+        InvalidInput: A custom model that no active endpoint hosts (``model_not_hosted``).
+        Conflict: An endpoint that is not active.
         Unavailable: The engine cannot serve adapters, or the adapter cannot be loaded.
     """
-    if not name.startswith(CUSTOM_MODEL_PREFIX):
-        spec = catalog.get(name, kind="chat")
-        return ServedModel(spec, None, spec.name)
+    if name.startswith(ENDPOINT_PREFIX):
+        return await run_in_threadpool(_endpoint, request, catalog, name)
+    if name.startswith(CUSTOM_MODEL_PREFIX):
+        return await run_in_threadpool(_custom_model, request, catalog, name)
+    spec = catalog.get(name, kind="chat")
+    return ServedModel(spec, None, spec.name)
+
+
+def _endpoint(request: Request, catalog: Catalog, name: str) -> ServedModel:
     access = request.state.access
-    service = custom_models(request)
+    service: EndpointService = endpoint_service(request)
     try:
-        row = await run_in_threadpool(service.get, access.principal, name)
-        path: tuple[str, ...] = ()
-        if row.compartment_id:
-            with request.app.state.db.session() as session:
-                path = identity.compartment_path(session, access.principal, row.compartment_id)
-        access.require("invoke", RESOURCE_TYPE, target_id=row.id, target_name=row.name, compartment_path=path)
+        row = service.get(access.principal, name)
+        access.require("invoke", ENDPOINTS, target_id=row.id, target_name=row.name,
+                       compartment_path=compartment_path(request, access, row.compartment_id))
     except NotFound:
         catalog.get(name, kind="chat")  # raises the unknown-model error, word for word
         raise
     spec = catalog.get(row.base_model, kind="chat")
-    find = getattr(engine, "adapter_slot", None)
-    if find is None:
-        raise Unavailable("this engine does not serve custom models")
-    slot = find(row.id)
-    if slot is None:
-        slot = await run_in_threadpool(_load, request, engine, service, access.principal, row.id, spec.name)
-    return ServedModel(spec, slot, row.id)
+    return ServedModel(spec, service.serving_slot(access.principal, row), name)
 
 
-def _load(request: Request, engine: EngineClient, service: CustomModelService, principal, model_id: str,
-          base: str) -> int:
-    """Open the sealed adapter into a private temporary directory, hand it to the engine, delete it."""
-    packed = service.adapter(principal, model_id)
-    scratch = request.app.state.settings.data_path / "tmp"
-    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="adapter-", dir=scratch))  # mode 0700
+def _custom_model(request: Request, catalog: Catalog, name: str) -> ServedModel:
+    access = request.state.access
     try:
-        unpack_adapter(packed, directory, overwrite=True)
-        return engine.add_adapter(base, model_id, directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        row = custom_models(request).get(access.principal, name)
+        access.require("invoke", RESOURCE_TYPE, target_id=row.id, target_name=row.name,
+                       compartment_path=compartment_path(request, access, row.compartment_id))
+    except NotFound:
+        catalog.get(name, kind="chat")  # raises the unknown-model error, word for word
+        raise
+    service = endpoint_service(request)
+    endpoint = service.hosted(access.principal, row.id)
+    if endpoint is None:
+        raise InvalidInput(
+            f"custom model {row.id!r} is not hosted: create an endpoint for it on a hosting cluster of "
+            f"{row.base_model} (POST /v1/endpoints {{\"name\": ..., \"cluster_id\": ..., \"model\": \"{row.id}\"}}, "
+            f"or atelier endpoint create <name> --cluster <cluster id> --model {row.id}), then call it by the "
+            "endpoint's id or by this id",
+            param="model", code="model_not_hosted",
+        )  # fmt: skip
+    spec = catalog.get(row.base_model, kind="chat")
+    return ServedModel(spec, service.serving_slot(access.principal, endpoint), name)

@@ -19,6 +19,8 @@ from atelier.api.access import Access
 from atelier.api.deps import AccessDep
 from atelier.api.envelopes import Deleted
 from atelier.cloud.custom_models import CustomModelService
+from atelier.cloud.endpoints import live_endpoints_of
+from atelier.errors import Conflict
 from atelier.store import identity
 from atelier.store.tables import CustomModel
 
@@ -121,8 +123,12 @@ def download_adapter(custom_model_id: str, request: Request, access: AccessDep, 
 
 @router.delete("/custom-models/{custom_model_id}", response_model=Deleted, summary="Delete a custom model")
 def delete_custom_model(custom_model_id: str, request: Request, access: AccessDep, service: ServiceDep) -> Deleted:
-    """Delete the custom model and its sealed adapter (the engine stops serving it)."""
+    """Delete the custom model and its sealed adapter; 409 while an endpoint hosts it."""
     row = _loaded(request, access, service, custom_model_id, "delete")
+    with request.app.state.db.session() as session:
+        hosted = live_endpoints_of(session, row.id)
+    if hosted:
+        raise Conflict(f"custom model {row.id!r} is hosted by {hosted} endpoint(s): delete them first")
     service.delete(access.principal, row.id)
     engine = request.app.state.engine
     slot = getattr(engine, "adapter_slot", lambda key: None)(row.id)

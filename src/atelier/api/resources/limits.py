@@ -1,4 +1,8 @@
-"""``/v1/tenancies/{tenancy_id}/limits``: the operator reads and sets a tenancy's request limits.
+"""``/v1/tenancies/{tenancy_id}/limits``: the operator reads and sets a tenancy's request and unit limits.
+
+Unit limits (``units``: how many units of each type the tenancy's dedicated clusters may
+hold, 0 by default as in OCI) are set only for the unit types a PUT names; the others keep
+theirs. The response shows every unit type's limit and the units in use.
 
 A stored limit overrides the service default (settings ``rate_*``); null restores the
 default. A change applies to the next request (the limiter's cache of that tenancy is
@@ -9,11 +13,14 @@ operator key reaches these routes (``ROUTES``).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from atelier.api.deps import SessionDep
+from atelier.cloud.unit_limits import set_unit_limits, unit_limits, units_in_use
 from atelier.security.limits import Limits, Overrides, store_limits, stored_limits
 from atelier.store import repos
 
@@ -32,6 +39,9 @@ class TenancyLimitsIn(BaseModel):
     tokens_per_minute: int | None = Field(
         None, ge=1, le=10**12, description="Prompt + completion (and embedded) tokens in any 60 s window (429 above)."
     )
+    units: dict[str, Annotated[int, Field(ge=0, le=1000)]] | None = Field(
+        None, description="Unit type → units the tenancy's clusters may hold (only the types named change)."
+    )
 
 
 class EffectiveLimits(BaseModel):
@@ -48,10 +58,11 @@ class TenancyLimitsOut(TenancyLimitsIn):
     object: str = Field("tenancy.limits", description="Always `tenancy.limits`.")
     tenancy_id: str = Field(description="The tenancy.")
     effective: EffectiveLimits = Field(description="The limits in force.")
+    units_used: dict[str, int] = Field(description="Unit type → units the tenancy's clusters hold now.")
     updated_at: datetime | None = Field(description="When the operator last set them; null if never.")
 
 
-def _out(request: Request, tenancy_id: str, overrides: Overrides | None) -> TenancyLimitsOut:
+def _out(request: Request, session: Session, tenancy_id: str, overrides: Overrides | None) -> TenancyLimitsOut:
     limiter = getattr(request.app.state, "limits", None)
     defaults = limiter.defaults if limiter is not None else Limits.from_settings(request.app.state.settings)
     stored = overrides or Overrides()
@@ -63,6 +74,8 @@ def _out(request: Request, tenancy_id: str, overrides: Overrides | None) -> Tena
         tokens_per_minute=stored.tokens_per_minute,
         effective=EffectiveLimits(**vars(effective)),
         updated_at=stored.updated_at,
+        units=unit_limits(session, tenancy_id, request.app.state.units),
+        units_used=units_in_use(session, tenancy_id),
     )
 
 
@@ -70,17 +83,19 @@ def _out(request: Request, tenancy_id: str, overrides: Overrides | None) -> Tena
 def get_limits(tenancy_id: str, request: Request, session: SessionDep) -> TenancyLimitsOut:
     """The tenancy's stored limits and those in force (operator). 404 for an unknown tenancy."""
     repos.get_tenancy(session, tenancy_id)
-    return _out(request, tenancy_id, stored_limits(session, tenancy_id))
+    return _out(request, session, tenancy_id, stored_limits(session, tenancy_id))
 
 
 @router.put("/tenancies/{tenancy_id}/limits", response_model=TenancyLimitsOut, summary="Set a tenancy's limits")
 def set_limits(tenancy_id: str, body: TenancyLimitsIn, request: Request, session: SessionDep) -> TenancyLimitsOut:
-    """Replace the tenancy's limits (operator); a null field restores the service default.
-    404 for an unknown tenancy."""
+    """Replace the tenancy's request limits (operator); a null field restores the service default.
+    Sets the unit limits of the unit types named in `units`. 404 for an unknown tenancy."""
     repos.get_tenancy(session, tenancy_id)
-    stored = store_limits(session, tenancy_id, Overrides(**body.model_dump()))
+    if body.units:
+        set_unit_limits(session, tenancy_id, body.units, request.app.state.units)
+    stored = store_limits(session, tenancy_id, Overrides(**body.model_dump(exclude={"units"})))
     session.commit()
     limiter = getattr(request.app.state, "limits", None)
     if limiter is not None:
         limiter.invalidate(tenancy_id)
-    return _out(request, tenancy_id, stored)
+    return _out(request, session, tenancy_id, stored)
