@@ -195,6 +195,8 @@ class Scheduler:
                     self._drop_done()
                     if admitted:
                         self._prefill(admitted)
+                    with self._cond:  # the admitted rows are running now (or done): count them once
+                        self._admitting = 0
                     self._drop_done()
                     if self._rows:
                         self._decode_step()
@@ -276,7 +278,9 @@ class Scheduler:
             self._mask = torch.cat([old_mask, new_mask], 0)  # (B+n', L)
         else:
             self._mask = new_mask  # (n', T)
-        self._rows.extend(rows[i] for i in keep)
+        with self._cond:  # join and stop counting them as admitting in one step (submit's bound sees one or the other)
+            self._rows.extend(rows[i] for i in keep)
+            self._admitting = 0
 
     def _drop_done(self) -> None:
         keep = [i for i, r in enumerate(self._rows) if r.seq.finish_reason is None and not r.seq.aborted]
