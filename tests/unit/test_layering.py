@@ -14,6 +14,13 @@ FORBIDDEN = {
     "tuning": ("fastapi", "starlette", "sqlalchemy", "alembic", "atelier.security", "atelier.store", "atelier.api",
                "atelier.jobs", "atelier.cloud"),
     "jobs": ("fastapi", "starlette", "atelier.api"),
+    # RAG is pure: bytes, text and numpy in; the store and the embedder are handed to it.
+    "rag": ("fastapi", "starlette", "sqlalchemy", "alembic", "torch", "atelier.security", "atelier.store",
+            "atelier.api", "atelier.jobs", "atelier.cloud", "atelier.engine"),
+    # The console is a client of the HTTP API: it reaches the service only through atelier.client.
+    "console": ("fastapi", "starlette", "sqlalchemy", "alembic", "torch", "atelier.api", "atelier.cloud",
+                "atelier.store", "atelier.engine", "atelier.security", "atelier.jobs", "atelier.rag",
+                "atelier.tuning"),
 }
 
 

