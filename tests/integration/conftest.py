@@ -197,3 +197,30 @@ def make_server(tmp_path_factory: pytest.TempPathFactory):
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator["PostgresServer"]:
+    """A real PostgreSQL server with pgvector for the session (see ``postgres_server.py``).
+
+    Skips where PostgreSQL or pgvector is not installed, and fails instead when
+    ``ATELIER_REQUIRE_POSTGRES=1`` (``.ci/run`` sets it after ``scripts/install_postgres.sh``).
+    """
+    from postgres_server import PostgresServer, PostgresUnavailable, find_bindir, has_pgvector, postgres_required
+
+    def missing(reason: str) -> None:
+        if postgres_required():
+            pytest.fail(f"{reason} (ATELIER_REQUIRE_POSTGRES=1; run scripts/install_postgres.sh)", pytrace=False)
+        pytest.skip(reason)
+
+    try:
+        bindir = find_bindir()
+    except PostgresUnavailable as exc:
+        missing(str(exc))
+    if not has_pgvector(bindir):
+        missing(f"the PostgreSQL of {bindir} has no pgvector extension")
+    server = PostgresServer(bindir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
