@@ -9,6 +9,7 @@ limit of their own by method and path; the middleware knows nothing else about r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,18 +28,29 @@ class BodySizeLimit:
     Args:
         app: The wrapped ASGI application.
         max_bytes: The largest accepted body, in bytes.
-        routes: Limits of their own for some ``(METHOD, path)`` pairs (exact paths), e.g.
-            ``{("POST", "/v1/files"): 100 * 2**20}``; every other request gets ``max_bytes``.
+        routes: Limits of their own for some ``(METHOD, path)`` pairs, e.g.
+            ``{("POST", "/v1/files"): 100 * 2**20}``; a path may be a template whose
+            ``{param}`` matches one path segment; every other request gets ``max_bytes``.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, routes: Mapping[tuple[str, str], int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
-        self.routes = dict(routes or {})
+        self.routes = {key: limit for key, limit in (routes or {}).items() if "{" not in key[1]}
+        self.templates = [
+            (method, re.compile(re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(path))), limit)
+            for (method, path), limit in (routes or {}).items() if "{" in path
+        ]  # fmt: skip
 
     def limit_for(self, scope: Scope) -> int:
         """The body limit of one request: its route's own, else ``max_bytes``."""
-        return self.routes.get((scope.get("method", ""), scope.get("path", "")), self.max_bytes)
+        method, path = scope.get("method", ""), scope.get("path", "")
+        if (method, path) in self.routes:
+            return self.routes[(method, path)]
+        for template_method, pattern, limit in self.templates:
+            if template_method == method and pattern.fullmatch(path):
+                return limit
+        return self.max_bytes
 
     @staticmethod
     def _too_large(limit: int) -> TooLarge:

@@ -90,12 +90,16 @@ def build_handlers(settings: Settings, db: Database) -> dict[str, Handler]:
         db: The metadata database, for handlers that write results beyond the job row.
 
     Returns:
-        Kind → handler; ``fine-tune`` (``jobs/fine_tune.py``) only given settings (it needs the
-        service's root key, object store, catalog and model cache).
+        Kind → handler; ``fine-tune`` (``jobs/fine_tune.py``) and ``kb-ingest``
+        (``jobs/kb_ingest.py``, which repairs the vector store when built) only given settings
+        (they need the service's root key, object store, catalog and model cache).
     """
     handlers: dict[str, Handler] = {SLEEP_COUNT: sleep_count}
     if settings is not None:
         from atelier.jobs.fine_tune import KIND as FINE_TUNE, build_fine_tune
 
         handlers[FINE_TUNE] = build_fine_tune(settings, db)
+        from atelier.jobs.kb_ingest import KIND as KB_INGEST, build_kb_ingest
+
+        handlers[KB_INGEST] = build_kb_ingest(settings, db)
     return handlers

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier.api.deps import CatalogDep, EngineDep, PrincipalDep
 from atelier.api.errors import domain_error_payload, server_error_payload
-from atelier.api.openai import generation, served_models
+from atelier.api.openai import generation, grounded_chat, served_models
 from atelier.api.openai.generation import CLIENT_CLOSED
 from atelier.api.openai.protocol import (
     AssistantMessage,
@@ -79,6 +79,9 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, engine: EngineDep, catalog: CatalogDep, principal: PrincipalDep
 ):
     """Answer a conversation, as one ``chat.completion`` or as ``chat.completion.chunk`` events."""
+    if body.knowledge_base is not None:  # grounded in a knowledge base: answer with citations
+        raw = normalize_messages([m.model_dump() for m in body.messages])
+        return await grounded_chat.complete(request, principal, body, build_messages(body), raw)
     served = await served_models.resolve(request, engine, catalog, body.model)
     spec = served.spec
     prompt_ids = await run_in_threadpool(render_prompt, engine, spec, body)

@@ -129,6 +129,19 @@ class ChatMessage(BaseModel):
     name: str | None = Field(None, max_length=256, description="Participant name; ignored.")
 
 
+class KnowledgeBaseOption(BaseModel):
+    """Atelier extension: answer from a knowledge base (``knowledge_base`` of a chat completion)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=100, description="The knowledge base (`kb_…`).")
+    top_k: int = Field(5, ge=1, le=20, description="Passages given to the model.")
+    mode: Literal["dense", "keyword", "hybrid"] = Field("hybrid", description="How passages are retrieved.")
+    document_ids: list[str] = Field(default_factory=list, max_length=100, description="Only these documents.")
+    tags: list[str] = Field(default_factory=list, max_length=32, description="Only documents with one of these tags.")
+    rerank: bool = Field(False, description="Rerank a wider pool (MMR) before choosing the passages.")
+
+
 class ChatCompletionRequest(_Generation):
     """``POST /v1/chat/completions``."""
 
@@ -151,6 +164,11 @@ class ChatCompletionRequest(_Generation):
     )
     chain_of_thought: bool = Field(
         False, description="Atelier extension: ask for step-by-step reasoning on the last user message (zero-shot CoT)."
+    )
+    knowledge_base: str | KnowledgeBaseOption | None = Field(
+        None,
+        description="Atelier extension: a knowledge base id (or options) to answer from; the last user message is "
+        "the question, the answer cites passages as [n] and the response adds `citations`.",
     )
 
     @field_validator("logprobs")

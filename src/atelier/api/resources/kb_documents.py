@@ -1,0 +1,170 @@
+"""``/v1/knowledge-bases/{id}/documents``: upload, list, get and delete a knowledge base's documents.
+
+``POST`` takes ``multipart/form-data``: the part ``file`` (txt, md, html, pdf or docx) and
+an optional ``tags`` field (a JSON list or comma-separated). The body is read into memory
+with a running size check (``max_file_bytes``, 413 above; ``api/uploads.py``), sealed in
+the object store, and a ``kb-ingest`` job is queued; the answer is the document, ``201``
+when it is new and ``200`` when the same bytes were already there (nothing is done then).
+Its ``state`` goes ``pending`` → ``ingesting`` → ``ready`` (or ``failed`` with ``error``),
+with ``progress`` in chunks while it is ingested.
+
+Policies decide on the knowledge base (resource type ``knowledge-bases``): listing and
+reading documents need ``read`` (operation ``get``), uploading and deleting need ``use``
+(operation ``update``). The knowledge base is checked before the body is read, so a
+foreign or invisible one answers 404 without its upload being looked at.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from atelier.api.deps import AccessDep
+from atelier.api.envelopes import Deleted
+from atelier.api.resources.clusters import unix
+from atelier.api.resources.knowledge_bases import ServiceDep, loaded_kb
+from atelier.api.uploads import read_form
+from atelier.cloud.knowledge_bases import KnowledgeBaseService
+from atelier.errors import InvalidInput
+from atelier.principal import Principal
+from atelier.store.tables import KbDocument
+
+router = APIRouter(tags=["knowledge-bases"])
+
+FILE_FIELD = "file"
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {"type": "string", "format": "binary",
+                                     "description": "The document: .txt, .md, .html, .pdf or .docx."},
+                        "tags": {"type": "string", "maxLength": 4096,
+                                 "description": 'Tags to filter searches on: a JSON list (["hr", "2024"]) or "hr,2024".'},
+                    },
+                }
+            }
+        },
+    }
+}  # fmt: skip
+"""The upload's form, described for the OpenAPI document (the route reads it itself, streaming)."""
+
+
+class Progress(BaseModel):
+    chunks_done: int
+    chunks_total: int
+
+
+class DocumentOut(BaseModel):
+    """A document of a knowledge base."""
+
+    id: str = Field(description="`doc_…`.")
+    object: Literal["knowledge_base.document"] = "knowledge_base.document"
+    knowledge_base_id: str
+    filename: str
+    content_type: str
+    bytes: int
+    sha256: str = Field(description="SHA-256 of the bytes: the same bytes are never ingested twice.")
+    tags: list[str]
+    version: int = Field(description="1, then +1 for each upload of changed bytes under the same file name.")
+    replaces_id: str | None = Field(None, description="The version it replaces once ready.")
+    state: Literal["pending", "ingesting", "ready", "failed"]
+    error: str | None = Field(None, description="Why ingestion failed.")
+    chunk_count: int = Field(description="Chunks once ready.")
+    progress: Progress | None = Field(None, description="Chunks embedded so far, while ingesting.")
+    job_id: str | None = Field(None, description="The ingestion job.")
+    created_at: int
+    ingested_at: int | None = None
+
+
+class DocumentList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DocumentOut]
+
+
+def document_out(service: KnowledgeBaseService, principal: Principal, row: KbDocument) -> DocumentOut:
+    """The API object of a document row (with its progress while unfinished)."""
+    progress = None
+    if row.state in ("pending", "ingesting"):
+        found = service.progress(principal, row)
+        progress = Progress(chunks_done=found[0], chunks_total=found[1]) if found else None
+    return DocumentOut(
+        id=row.id, knowledge_base_id=row.knowledge_base_id, filename=row.filename, content_type=row.content_type,
+        bytes=row.bytes, sha256=row.sha256, tags=list(row.tags or []), version=row.version,
+        replaces_id=row.replaces_id, state=row.state, error=row.error, chunk_count=row.chunk_count,
+        progress=progress, job_id=row.job_id, created_at=unix(row.created_at), ingested_at=unix(row.ingested_at),
+    )  # fmt: skip
+
+
+def parse_tags(raw: str | None) -> list[str]:
+    """Tags from the form field: a JSON list of strings, or comma-separated.
+
+    Raises:
+        InvalidInput: A JSON value that is not a list of strings (``param="tags"``).
+    """
+    raw = (raw or "").strip()
+    if not raw:
+        return []
+    if raw.startswith("["):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise InvalidInput("tags must be a JSON list of strings or comma-separated", param="tags") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidInput("tags must be a JSON list of strings", param="tags")
+        return value
+    return [part for part in raw.split(",") if part.strip()]
+
+
+@router.post("/knowledge-bases/{knowledge_base_id}/documents", response_model=DocumentOut, status_code=201,
+             summary="Upload a document", openapi_extra=UPLOAD_BODY,
+             responses={200: {"model": DocumentOut, "description": "The same bytes were already there."}})
+async def upload_document(knowledge_base_id: str, request: Request, access: AccessDep, service: ServiceDep):
+    """Upload a document (multipart: `file`, optional `tags`); it is stored sealed and ingested by a job."""
+    kb = await run_in_threadpool(loaded_kb, request, access, service, knowledge_base_id, "update")
+    form = await read_form(request, file_field=FILE_FIELD, max_file_bytes=request.app.state.settings.max_file_bytes)
+    if form.data is None:
+        raise InvalidInput(f"a file is required: send it as the multipart part {FILE_FIELD!r}", param=FILE_FIELD)
+    tags = parse_tags(form.fields.get("tags"))
+    upload = await run_in_threadpool(service.add_document, access.principal, kb.id, filename=form.filename,
+                                     data=form.data, tags=tags)
+    body = document_out(service, access.principal, upload.document)
+    return JSONResponse(body.model_dump(mode="json"), status_code=201 if upload.created else 200)
+
+
+@router.get("/knowledge-bases/{knowledge_base_id}/documents", response_model=DocumentList,
+            summary="List a knowledge base's documents")
+def list_documents(knowledge_base_id: str, request: Request, access: AccessDep, service: ServiceDep) -> DocumentList:
+    """The documents of the knowledge base, oldest first, with their ingestion state."""
+    kb = loaded_kb(request, access, service, knowledge_base_id, "get")
+    rows = service.list_documents(access.principal, kb.id)
+    return DocumentList(data=[document_out(service, access.principal, row) for row in rows])
+
+
+@router.get("/knowledge-bases/{knowledge_base_id}/documents/{document_id}", response_model=DocumentOut,
+            summary="Retrieve a document")
+def retrieve_document(knowledge_base_id: str, document_id: str, request: Request, access: AccessDep,
+                      service: ServiceDep) -> DocumentOut:
+    """One document, with its ingestion state and progress."""
+    kb = loaded_kb(request, access, service, knowledge_base_id, "get")
+    return document_out(service, access.principal, service.get_document(access.principal, kb.id, document_id))
+
+
+@router.delete("/knowledge-bases/{knowledge_base_id}/documents/{document_id}", response_model=Deleted,
+               summary="Delete a document")
+def delete_document(knowledge_base_id: str, document_id: str, request: Request, access: AccessDep,
+                    service: ServiceDep) -> Deleted:
+    """Delete the document, its chunks, its vectors and its stored bytes."""
+    kb = loaded_kb(request, access, service, knowledge_base_id, "update")
+    row = service.delete_document(access.principal, kb.id, document_id)
+    return Deleted(id=row.id, object="knowledge_base.document")

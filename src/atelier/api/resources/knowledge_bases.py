@@ -1,0 +1,201 @@
+"""``/v1/knowledge-bases``: knowledge bases of the caller's tenancy (create, list, get, delete, query, answer).
+
+Policies decide on resource type ``knowledge-bases``, per knowledge base's compartment: a
+knowledge base the caller may not inspect answers 404 exactly like a missing one (another
+tenancy's too). ``query`` and ``answer`` need ``use`` (operation ``invoke``). The documents
+of a knowledge base are ``kb_documents.py``'s; grounded generation is
+``api/openai/grounded.py``'s. Rows, files and vectors are ``atelier.cloud.knowledge_bases``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from atelier.api.access import Access
+from atelier.api.deps import AccessDep
+from atelier.api.envelopes import Deleted
+from atelier.api.openai import grounded
+from atelier.api.openai.grounded import CitationOut, Passage, passage_out
+from atelier.api.openai.protocol import UsageInfo
+from atelier.api.resources.clusters import compartment_path, creation_compartment, unix
+from atelier.cloud.knowledge_bases import KnowledgeBaseCreate, KnowledgeBaseService, QueryRequest, SearchFilter
+from atelier.store.tables import KnowledgeBase
+
+router = APIRouter(tags=["knowledge-bases"])
+
+TYPE = "knowledge-bases"
+
+
+class KnowledgeBaseOut(BaseModel):
+    """A knowledge base."""
+
+    id: str = Field(description="`kb_…`.")
+    object: Literal["knowledge_base"] = "knowledge_base"
+    name: str
+    description: str
+    embedding_model: str = Field(description="The embedding model of its chunks and queries.")
+    dimensions: int
+    chunk_size: int = Field(description="Most tokens per chunk.")
+    chunk_overlap: int = Field(description="Tokens a chunk repeats from the previous one.")
+    search_breadth: int = Field(description="Candidates the vector index explores per query.")
+    state: str
+    document_count: int = Field(description="Documents, whatever their state.")
+    chunk_count: int = Field(description="Chunks of the ready documents (what searches see).")
+    compartment_id: str | None = None
+    created_at: int
+    updated_at: int
+
+
+class KnowledgeBaseList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KnowledgeBaseOut]
+
+
+class QueryResult(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Passage]
+    knowledge_base_id: str
+    mode: str
+    embedding_model: str
+
+
+class AnswerRequest(BaseModel):
+    """The body of ``POST /v1/knowledge-bases/{id}/answer``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=8000, description="The question.")
+    model: str | None = Field(None, min_length=1, max_length=200,
+                              description="Chat model (base or custom); default the service's default chat model.")
+    top_k: int = Field(5, ge=1, le=20, description="Passages given to the model.")
+    mode: Literal["dense", "keyword", "hybrid"] = Field("hybrid", description="How passages are retrieved.")
+    filter: SearchFilter | None = Field(None, description="Document and tag constraints.")
+    rerank: bool = Field(False, description="Rerank a wider pool (MMR) before choosing the passages.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens of the answer; default the model's limit.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, the same answer every time.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of the sampling (temperature > 0).")
+
+
+class Answer(BaseModel):
+    """A grounded answer."""
+
+    id: str
+    object: Literal["knowledge_base.answer"] = "knowledge_base.answer"
+    knowledge_base_id: str
+    answer: str
+    citations: list[CitationOut] = Field(description="The passages cited in the answer, in order of first citation.")
+    passages: list[Passage] = Field(description="Every passage the model was given, numbered from 1 in this order.")
+    model: str
+    usage: UsageInfo
+
+
+def kb_service(request: Request) -> KnowledgeBaseService:
+    """The knowledge-base service over the app's database, objects, vector store and catalog."""
+    state = request.app.state
+    return KnowledgeBaseService(state.db, state.objects, state.vectors, state.catalog)
+
+
+ServiceDep = Annotated[KnowledgeBaseService, Depends(kb_service)]
+
+
+def kb_out(row: KnowledgeBase) -> KnowledgeBaseOut:
+    """The API object of a knowledge base row."""
+    return KnowledgeBaseOut(
+        id=row.id, name=row.name, description=row.description, embedding_model=row.embedding_model,
+        dimensions=row.dimensions, chunk_size=row.chunk_size, chunk_overlap=row.chunk_overlap,
+        search_breadth=row.search_breadth, state=row.state, document_count=row.document_count,
+        chunk_count=row.chunk_count, compartment_id=row.compartment_id, created_at=unix(row.created_at),
+        updated_at=unix(row.updated_at),
+    )  # fmt: skip
+
+
+def require_kb(request: Request, access: Access, row: KnowledgeBase, operation: str) -> None:
+    """Allow ``operation`` on the knowledge base, or raise (404 when the caller may not even inspect it)."""
+    access.require(operation, TYPE, target_id=row.id, target_name=row.name,
+                   compartment_path=compartment_path(request, access, row.compartment_id),
+                   what=f"knowledge base {row.id!r}")
+
+
+def loaded_kb(request: Request, access: Access, service: KnowledgeBaseService, kb_id: str,
+              operation: str) -> KnowledgeBase:
+    """The caller's knowledge base ``kb_id``, once ``operation`` on it is allowed.
+
+    Raises:
+        NotFound: Missing, another tenancy's, or not visible to the caller.
+        Forbidden: Visible, but the caller's verb is too weak.
+    """
+    row = service.get(access.principal, kb_id)
+    require_kb(request, access, row, operation)
+    return row
+
+
+@router.post("/knowledge-bases", response_model=KnowledgeBaseOut, status_code=201,
+             summary="Create a knowledge base")
+def create_knowledge_base(body: KnowledgeBaseCreate, request: Request, access: AccessDep,
+                          service: ServiceDep) -> KnowledgeBaseOut:
+    """Create an empty knowledge base with an embedding model and chunking settings."""
+    compartment_id = creation_compartment(request, access, TYPE, body.compartment, body.name)
+    return kb_out(service.create(access.principal, body, compartment_id=compartment_id))
+
+
+@router.get("/knowledge-bases", response_model=KnowledgeBaseList, summary="List knowledge bases")
+def list_knowledge_bases(request: Request, access: AccessDep, service: ServiceDep) -> KnowledgeBaseList:
+    """Your tenancy's knowledge bases you may inspect, oldest first."""
+    rows = [
+        row for row in service.list(access.principal)
+        if access.visible(TYPE, target_id=row.id, target_name=row.name,
+                          compartment_path=compartment_path(request, access, row.compartment_id))
+    ]  # fmt: skip
+    return KnowledgeBaseList(data=[kb_out(row) for row in rows])
+
+
+@router.get("/knowledge-bases/{knowledge_base_id}", response_model=KnowledgeBaseOut,
+            summary="Retrieve a knowledge base")
+def retrieve_knowledge_base(knowledge_base_id: str, request: Request, access: AccessDep,
+                            service: ServiceDep) -> KnowledgeBaseOut:
+    """One knowledge base, with its document and chunk counts."""
+    return kb_out(loaded_kb(request, access, service, knowledge_base_id, "get"))
+
+
+@router.delete("/knowledge-bases/{knowledge_base_id}", response_model=Deleted, summary="Delete a knowledge base")
+def delete_knowledge_base(knowledge_base_id: str, request: Request, access: AccessDep,
+                          service: ServiceDep) -> Deleted:
+    """Delete the knowledge base with its documents, chunks and vectors."""
+    row = loaded_kb(request, access, service, knowledge_base_id, "delete")
+    service.delete(access.principal, row.id)
+    return Deleted(id=row.id, object="knowledge_base")
+
+
+@router.post("/knowledge-bases/{knowledge_base_id}/query", response_model=QueryResult,
+             summary="Search a knowledge base")
+async def query_knowledge_base(knowledge_base_id: str, body: QueryRequest, request: Request, access: AccessDep,
+                               service: ServiceDep) -> QueryResult:
+    """The passages that best match the query: dense, keyword (BM25) or hybrid, optionally reranked."""
+    kb = await run_in_threadpool(loaded_kb, request, access, service, knowledge_base_id, "invoke")
+    hits = await grounded.search(request, service, kb, body)
+    return QueryResult(data=[passage_out(h) for h in hits], knowledge_base_id=kb.id, mode=body.mode,
+                       embedding_model=kb.embedding_model)
+
+
+@router.post("/knowledge-bases/{knowledge_base_id}/answer", response_model=Answer,
+             summary="Answer a question from a knowledge base")
+async def answer_question(knowledge_base_id: str, body: AnswerRequest, request: Request, access: AccessDep,
+                          service: ServiceDep):
+    """A grounded answer citing its passages as `[n]`; a fixed reply, without generation, when nothing relevant is found."""
+    kb = await run_in_threadpool(loaded_kb, request, access, service, knowledge_base_id, "invoke")
+    query = QueryRequest(query=body.question, mode=body.mode, top_k=body.top_k, filter=body.filter,
+                         rerank=body.rerank)
+    hits = await grounded.search(request, service, kb, query)
+    result = await grounded.answer(request, access.principal, body.model, body.question, hits, kb, mode=body.mode,
+                                   max_tokens=body.max_tokens, temperature=body.temperature, seed=body.seed)
+    if result is None:  # the client left
+        return grounded.client_closed()
+    return Answer(
+        id=result.id, knowledge_base_id=kb.id, answer=result.text,
+        citations=result.citations,
+        passages=[passage_out(h) for h in result.passages], model=result.model, usage=result.usage,
+    )  # fmt: skip
