@@ -1,0 +1,288 @@
+"""What the research console asks the API, and the plain values it shows.
+
+Every call goes through ``atelier.client.AtelierClient`` to the HTTP API; nothing here
+imports Streamlit, so the console's behaviour (which key is used, how an error reads, how
+ingestion progress and citations are shown) is tested without a browser. Text that comes
+from documents or from the model is data: it is escaped before it reaches Markdown, so a
+document cannot add links, images or formatting to the page.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from atelier.client import ApiError, AtelierClient, ServerUnreachable, resolve_api_key
+from atelier.settings import Settings
+
+MODES = ("hybrid", "dense", "keyword")
+"""Retrieval modes, the default first."""
+MODE_HELP = {
+    "hybrid": "both lists fused by reciprocal rank (best on most questions)",
+    "dense": "embedding similarity (finds paraphrases and other languages)",
+    "keyword": "BM25 over the words (finds exact names and codes)",
+}
+UNFINISHED = ("pending", "ingesting")
+"""Document states that a later poll may change."""
+DOCUMENT_TYPES = ("txt", "text", "md", "markdown", "html", "htm", "pdf", "docx")
+"""File suffixes the upload widget offers (the server decides what it accepts)."""
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$:~&=])")
+_ESCAPED_MARKER = re.compile(r"\\\[(\d{1,3})\\\]")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the console sends its requests, and with which key (never shown)."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    key_source: str = "none"
+    """Where the key came from: ``sidebar``, ``environment``, ``admin.key`` or ``none``."""
+
+    def client(self) -> AtelierClient:
+        """A client of ``url`` sending ``api_key`` (close it after use)."""
+        return AtelierClient(self.url, self.api_key)
+
+
+def resolve_connection(settings: Settings, typed_url: str = "", typed_key: str = "") -> Connection:
+    """The URL and key to use: what was typed in the sidebar wins over the environment.
+
+    Args:
+        settings: ``ATELIER_URL`` and ``ATELIER_API_KEY`` (or the local ``admin.key``).
+        typed_url: The sidebar's URL field ("" keeps the environment's).
+        typed_key: The sidebar's key field ("" keeps the environment's).
+
+    Returns:
+        The connection; its ``key_source`` says where the key came from.
+    """
+    url = typed_url.strip() or settings.url
+    if typed_key.strip():
+        return Connection(url, typed_key.strip(), "sidebar")
+    key = resolve_api_key(settings)
+    if key is None:
+        return Connection(url, None, "none")
+    from_env = any(s is not None and s.get_secret_value() for s in (settings.api_key, settings.admin_key))
+    return Connection(url, key, "environment" if from_env else "admin.key")
+
+
+def describe_error(exc: Exception) -> str:
+    """One sentence for a failed request, naming the HTTP status and what to do about it."""
+    if isinstance(exc, ServerUnreachable):
+        return f"Cannot reach the Atelier server at {exc.url} ({exc.reason}). Check the API URL and that it runs."
+    if not isinstance(exc, ApiError):
+        return f"Unexpected error: {exc}"
+    detail = str(exc)
+    hints = {
+        400: "Invalid request",
+        401: "Not authenticated",
+        403: "Not allowed",
+        404: "Not found",
+        409: "Conflict",
+        413: "Too large",
+        422: "Invalid request",
+        429: "Too many requests",
+        503: "Service unavailable",
+    }
+    title = hints.get(exc.status, "Error")
+    text = f"{title} (HTTP {exc.status}): {detail}"
+    if exc.status == 401:
+        text += " — check the API key in the sidebar."
+    elif exc.status == 403:
+        text += " — your key's policies do not allow this."
+    elif exc.status in (429, 503) and exc.retry_after is not None:
+        text += f" — retry in {exc.retry_after:g} s."
+    return text
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` shown literally by Markdown (no links, images, emphasis, math or HTML); line breaks kept."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text).replace("\n", "  \n")
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def parse_tags(text: str) -> list[str]:
+    """Comma-separated tags → their list, blanks and repeats dropped, order kept."""
+    tags: list[str] = []
+    for part in text.split(","):
+        tag = part.strip()
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+# --- documents ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentView:
+    """A document of a knowledge base as the console lists it."""
+
+    id: str
+    filename: str
+    state: str
+    chunk_count: int = 0
+    bytes: int = 0
+    error: str | None = None
+    chunks_done: int | None = None
+    chunks_total: int | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DocumentView:
+        progress = data.get("progress") if isinstance(data.get("progress"), dict) else {}
+        done = progress.get("chunks_done", data.get("chunks_done"))
+        total = progress.get("chunks_total", data.get("chunks_total"))
+        return cls(
+            id=str(data["id"]), filename=str(data.get("filename") or ""), state=str(data.get("state") or "pending"),
+            chunk_count=int(data.get("chunk_count") or 0), bytes=int(data.get("bytes") or 0),
+            error=data.get("error") or None, chunks_done=None if done is None else int(done),
+            chunks_total=None if total is None else int(total),
+        )  # fmt: skip
+
+    @property
+    def finished(self) -> bool:
+        """``ready`` or ``failed``: polling will not change it."""
+        return self.state not in UNFINISHED
+
+    @property
+    def fraction(self) -> float:
+        """Ingestion progress in [0, 1] (a ready document is 1, a failed one 0)."""
+        if self.state == "ready":
+            return 1.0
+        if self.state == "ingesting" and self.chunks_total:
+            return min(1.0, max(0.0, (self.chunks_done or 0) / self.chunks_total))
+        return 0.0
+
+    @property
+    def status(self) -> str:
+        """``ready · 12 chunks``, ``ingesting · 5/12 chunks``, ``failed · <reason>``, ``pending``."""
+        if self.state == "ready":
+            return f"ready · {plural(self.chunk_count, 'chunk')}"
+        if self.state == "failed":
+            return f"failed · {self.error}" if self.error else "failed"
+        if self.state == "ingesting" and self.chunks_total:
+            return f"ingesting · {self.chunks_done or 0}/{self.chunks_total} chunks"
+        return self.state
+
+
+def documents(client: AtelierClient, kb_id: str) -> list[DocumentView]:
+    """The knowledge base's documents, oldest first."""
+    return [DocumentView.from_json(d) for d in client.documents(kb_id)]
+
+
+def upload(client: AtelierClient, kb_id: str, filename: str, data: bytes, tags: str = "") -> tuple[DocumentView, bool]:
+    """Upload one document (its ingestion is queued).
+
+    Returns:
+        The document, and whether it is new (False: the same bytes were there, nothing is done).
+    """
+    doc, created = client.add_document(kb_id, data, filename=filename, tags=parse_tags(tags) or None)
+    return DocumentView.from_json(doc), created
+
+
+# --- knowledge bases ---------------------------------------------------------------------------
+
+
+def knowledge_bases(client: AtelierClient) -> list[dict[str, Any]]:
+    """The knowledge bases the key may see, oldest first."""
+    return client.knowledge_bases()
+
+
+def create_knowledge_base(client: AtelierClient, name: str, embedding_model: str | None = None,
+                          chunk_size: int | None = None, chunk_overlap: int | None = None) -> dict[str, Any]:
+    """Create a knowledge base; ``None`` settings take the server's defaults."""
+    return client.create_knowledge_base(name.strip(), embedding_model=embedding_model, chunk_size=chunk_size,
+                                        chunk_overlap=chunk_overlap)
+
+
+def models_with(client: AtelierClient, capability: str) -> list[str]:
+    """Ids of the models that have ``capability`` (``chat`` or ``embedding``), in the server's order."""
+    return [m["id"] for m in client.models() if capability in (m.get("capabilities") or [])]
+
+
+# --- questions and searches --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A passage shown as a numbered source: its number, its document and where it sits in it."""
+
+    index: int
+    document_id: str
+    filename: str
+    text: str
+    start: int
+    end: int
+    heading: str = ""
+    score: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], index: int) -> Source:
+        return cls(
+            index=int(data.get("index", index)), document_id=str(data.get("document_id") or ""),
+            filename=str(data.get("filename") or ""), text=str(data.get("text") or ""),
+            start=int(data.get("start") or 0), end=int(data.get("end") or 0), heading=str(data.get("heading") or ""),
+            score=None if data.get("score") is None else float(data["score"]),
+        )  # fmt: skip
+
+    @property
+    def label(self) -> str:
+        """``[1] notes.md · characters 120–480 · Install > Disks`` (plain text)."""
+        parts = [f"[{self.index}] {self.filename}", f"characters {self.start}–{self.end}"]
+        if self.heading:
+            parts.append(self.heading)
+        return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class AnswerView:
+    """A grounded answer: its text, the sources it cites, and every passage the model was given."""
+
+    text: str
+    citations: list[Source]
+    passages: list[Source]
+    model: str = ""
+
+    @property
+    def markdown(self) -> str:
+        """The answer escaped for Markdown, its ``[n]`` markers of real citations in bold."""
+        cited = {c.index for c in self.citations}
+
+        def bold(match: re.Match[str]) -> str:
+            return f"**{match.group(0)}**" if int(match.group(1)) in cited else match.group(0)
+
+        return _ESCAPED_MARKER.sub(bold, escape_markdown(self.text))
+
+
+def ask(client: AtelierClient, kb_id: str, question: str, mode: str = "hybrid", top_k: int = 5,
+        model: str | None = None, max_tokens: int | None = None) -> AnswerView:
+    """Ask the knowledge base a question: the model's answer and its cited sources.
+
+    Args:
+        client: The API client.
+        kb_id: The knowledge base.
+        question: The question.
+        mode: How passages are retrieved (``MODES``).
+        top_k: Passages given to the model.
+        model: Chat model; ``None`` for the server's default.
+        max_tokens: Most tokens of the answer; ``None`` for the model's limit.
+
+    Raises:
+        ApiError: The API refused (404 unknown knowledge base, 429, ...).
+        ServerUnreachable: No connection.
+    """
+    data = client.ask_knowledge_base(kb_id, question, model=model, top_k=top_k, mode=mode, max_tokens=max_tokens)
+    citations = [Source.from_json(c, i) for i, c in enumerate(data.get("citations") or [], start=1)]
+    passages = [Source.from_json(p, i) for i, p in enumerate(data.get("passages") or [], start=1)]
+    return AnswerView(str(data.get("answer") or ""), citations, passages, str(data.get("model") or ""))
+
+
+def search(client: AtelierClient, kb_id: str, query: str, mode: str = "hybrid", top_k: int = 5) -> list[Source]:
+    """The passages that best match ``query``, numbered by rank."""
+    hits = client.query_knowledge_base(kb_id, query, mode=mode, top_k=top_k)
+    return [Source.from_json({**h, "index": h.get("rank", i)}, i) for i, h in enumerate(hits, start=1)]
