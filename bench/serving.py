@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             model_mb = sum(p.numel() * p.element_size() for p in pristine.parameters()) / 2**20
             details["adapter load time (median of %d), ms" % len(load_times)] = round(
                 1000 * statistics.median(load_times), 1)
-            details[f"RSS growth hosting {len(slots)} adapters, MB"] = round(rss_hosted - rss_base, 1)
+            details[f"process RSS before / after hosting {len(slots)} adapters, MB (allocator noise; "
+                    "the tensor bytes below are exact)"] = f"{rss_base:.0f} / {rss_hosted:.0f}"
             details["adapters' tensors / stacked (padding incl.), MB"] = (
                 f"{stats['bytes'] / 2**20:.1f} / {stats['stacked_bytes'] / 2**20:.1f}")
             details[f"base + {len(slots)} adapters vs {len(slots)} model copies, MB"] = (
