@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.wiki_docs, args.wiki_queries, args.repeats = 300, 60, 1
-        args.latency_queries, args.scale = 60, 20_000
+        args.wiki_docs, args.wiki_queries, args.repeats = 150, 40, 1
+        args.latency_queries, args.scale = 40, 20_000
     info = machine_info(os.cpu_count() or 1)
     t_start = time.perf_counter()
     log(f"load average at start {info['loadavg_at_start'][0]:.2f}")
