@@ -172,7 +172,7 @@ class DocumentView:
 
 def documents(client: AtelierClient, kb_id: str) -> list[DocumentView]:
     """The knowledge base's documents, oldest first."""
-    return [DocumentView.from_json(d) for d in client.documents(kb_id)]
+    return [DocumentView.from_json(d) for d in client.knowledge_bases.documents.list(kb_id)]
 
 
 def upload(client: AtelierClient, kb_id: str, filename: str, data: bytes, tags: str = "") -> tuple[DocumentView, bool]:
@@ -181,7 +181,7 @@ def upload(client: AtelierClient, kb_id: str, filename: str, data: bytes, tags: 
     Returns:
         The document, and whether it is new (False: the same bytes were there, nothing is done).
     """
-    doc, created = client.add_document(kb_id, data, filename=filename, tags=parse_tags(tags) or None)
+    doc, created = client.knowledge_bases.documents.add(kb_id, data, filename=filename, tags=parse_tags(tags) or None)
     return DocumentView.from_json(doc), created
 
 
@@ -190,19 +190,19 @@ def upload(client: AtelierClient, kb_id: str, filename: str, data: bytes, tags: 
 
 def knowledge_bases(client: AtelierClient) -> list[dict[str, Any]]:
     """The knowledge bases the key may see, oldest first."""
-    return client.knowledge_bases()
+    return client.knowledge_bases.list()
 
 
 def create_knowledge_base(client: AtelierClient, name: str, embedding_model: str | None = None,
                           chunk_size: int | None = None, chunk_overlap: int | None = None) -> dict[str, Any]:
     """Create a knowledge base; ``None`` settings take the server's defaults."""
-    return client.create_knowledge_base(name.strip(), embedding_model=embedding_model, chunk_size=chunk_size,
-                                        chunk_overlap=chunk_overlap)
+    return client.knowledge_bases.create(name.strip(), embedding_model=embedding_model, chunk_size=chunk_size,
+                                         chunk_overlap=chunk_overlap)
 
 
 def models_with(client: AtelierClient, capability: str) -> list[str]:
     """Ids of the models that have ``capability`` (``chat`` or ``embedding``), in the server's order."""
-    return [m["id"] for m in client.models() if capability in (m.get("capabilities") or [])]
+    return [m["id"] for m in client.models.list() if capability in (m.get("capabilities") or [])]
 
 
 # --- questions and searches --------------------------------------------------------------------
@@ -276,7 +276,7 @@ def ask(client: AtelierClient, kb_id: str, question: str, mode: str = "hybrid", 
         ApiError: The API refused (404 unknown knowledge base, 429, ...).
         ServerUnreachable: No connection.
     """
-    data = client.ask_knowledge_base(kb_id, question, model=model, top_k=top_k, mode=mode, max_tokens=max_tokens)
+    data = client.knowledge_bases.ask(kb_id, question, model=model, top_k=top_k, mode=mode, max_tokens=max_tokens)
     citations = [Source.from_json(c, i) for i, c in enumerate(data.get("citations") or [], start=1)]
     passages = [Source.from_json(p, i) for i, p in enumerate(data.get("passages") or [], start=1)]
     return AnswerView(str(data.get("answer") or ""), citations, passages, str(data.get("model") or ""))
@@ -284,5 +284,5 @@ def ask(client: AtelierClient, kb_id: str, question: str, mode: str = "hybrid", 
 
 def search(client: AtelierClient, kb_id: str, query: str, mode: str = "hybrid", top_k: int = 5) -> list[Source]:
     """The passages that best match ``query``, numbered by rank."""
-    hits = client.query_knowledge_base(kb_id, query, mode=mode, top_k=top_k)
+    hits = client.knowledge_bases.query(kb_id, query, mode=mode, top_k=top_k)
     return [Source.from_json({**h, "index": h.get("rank", i)}, i) for i, h in enumerate(hits, start=1)]

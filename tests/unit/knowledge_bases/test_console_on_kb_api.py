@@ -56,7 +56,7 @@ def api_url(kb_app) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def drain(api_url, kb_app, kb_catalog, embedder, kb_settings):
     """``drain()`` runs the queued ingestion jobs to their end (the worker is not running by itself)."""
-    state = kb_app.state
+    state = kb_app.state.services
     handler = KbIngestHandler(state.db, state.objects, state.vectors, kb_catalog, lambda spec: embedder)
     worker = Worker(state.db, {KIND: handler}, poll_seconds=0.05, data_dir=kb_settings.data_path)
 
@@ -147,7 +147,7 @@ def test_page_creates_a_kb_shows_ingestion_answers_with_sources_and_errors(api_u
     assert not at.exception, at.exception
     kb_id = at.sidebar.selectbox(key="kb_id").value
     with admin.client() as client:
-        assert client.get_knowledge_base(kb_id)["name"] == "page-notes"
+        assert client.knowledge_bases.get(kb_id)["name"] == "page-notes"
         actions.upload(client, kb_id, "lighthouse.md", DOC)
     assert "Created knowledge base page-notes." in texts(at)
 

@@ -8,18 +8,16 @@ fine-tuning jobs. The server does the arithmetic (``Decimal``); this prints it.
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import typer
 
-from atelier.cli_admin import _call, _fail, format_table
+from atelier.cli.common import JsonOpt, client_for, fail, format_table, print_json
 
 cost_app = typer.Typer(name="cost", help="Cost of dedicated clusters: estimates and the metered cost so far.",
                        no_args_is_help=True)
 
-RawOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
 
 
@@ -31,7 +29,11 @@ def money(amount: str | Decimal, currency: str = "USD") -> str:
 
 
 def fine_tuning_line(spec: str) -> dict[str, Any]:
-    """``small:8:5:4`` → unit type, units, hours per job, jobs per month (jobs default 1)."""
+    """``small:8:5:4`` → unit type, units, hours per job, jobs per month (jobs default 1).
+
+    Raises:
+        typer.Exit: ``spec`` is not ``<unit type>:<units>:<hours per job>[:<jobs a month>]``.
+    """
     parts = spec.split(":")
     try:
         if len(parts) not in (3, 4):
@@ -39,26 +41,30 @@ def fine_tuning_line(spec: str) -> dict[str, Any]:
         line = {"unit_type": parts[0], "units": int(parts[1]), "hours_per_job": str(Decimal(parts[2])),
                 "jobs_per_month": int(parts[3]) if len(parts) == 4 else 1}
     except (ValueError, InvalidOperation):
-        _fail(f"--fine-tuning takes <unit type>:<units>:<hours per job>[:<jobs a month>], e.g. small:8:5:4 "
-              f"(got {spec!r})")
+        fail(f"--fine-tuning takes <unit type>:<units>:<hours per job>[:<jobs a month>], e.g. small:8:5:4 "
+             f"(got {spec!r})")
     return line
 
 
 def hosting_line(spec: str) -> dict[str, Any]:
-    """``small:1`` or ``small:1:12`` → unit type, units, months (default 1)."""
+    """``small:1`` or ``small:1:12`` → unit type, units, months (default 1).
+
+    Raises:
+        typer.Exit: ``spec`` is not ``<unit type>:<units>[:<months>]``.
+    """
     parts = spec.split(":")
     try:
         if len(parts) not in (2, 3):
             raise ValueError
         line = {"unit_type": parts[0], "units": int(parts[1]), "months": int(parts[2]) if len(parts) == 3 else 1}
     except ValueError:
-        _fail(f"--hosting takes <unit type>:<units>[:<months>], e.g. small:1 (got {spec!r})")
+        fail(f"--hosting takes <unit type>:<units>[:<months>], e.g. small:1 (got {spec!r})")
     return line
 
 
 def _print(cost: dict[str, Any], raw: bool) -> None:
     if raw:
-        typer.echo(json.dumps(cost, indent=2))
+        print_json(cost)
         return
     currency = cost.get("currency", "USD")
     columns = [
@@ -84,17 +90,17 @@ def estimate(
     hosting: Annotated[
         list[str] | None, typer.Option("--hosting", help="<unit type>:<units>[:<months>] (repeatable).")
     ] = None,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """Estimate a month: fine-tuning by the hour (1 h minimum per job), hosting by 744-hour months."""
     if not fine_tuning and not hosting:
-        _fail("give at least one --fine-tuning or --hosting line")
+        fail("give at least one --fine-tuning or --hosting line")
     lines_ft = [fine_tuning_line(spec) for spec in fine_tuning or []]
     lines_host = [hosting_line(spec) for spec in hosting or []]
-    _print(_call(ctx, "cost_estimate", lines_ft, lines_host), raw)
+    _print(client_for(ctx).costs.estimate(lines_ft, lines_host), raw)
 
 
 @cost_app.command("metered")
-def metered(ctx: typer.Context, raw: RawOpt = False) -> None:
+def metered(ctx: typer.Context, raw: JsonOpt = False) -> None:
     """The cost so far of your hosting clusters and fine-tuning jobs."""
-    _print(_call(ctx, "costs"), raw)
+    _print(client_for(ctx).costs.metered(), raw)

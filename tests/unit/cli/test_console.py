@@ -6,9 +6,9 @@ import sys
 
 from typer.testing import CliRunner
 
-from atelier import cli_console
 from atelier.cli import app
-from atelier.cli_console import streamlit_command
+from atelier.cli import console as cli_console
+from atelier.cli.console import streamlit_command
 from atelier.console import APP_PATH
 
 

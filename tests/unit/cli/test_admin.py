@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from atelier.cli import State, app
-from atelier.cli_admin import format_table, read_text_arg
+from atelier.cli.admin import read_text_arg
+from atelier.cli.common import format_table
 
 RAW_KEY = "atl_key_0123456789abcdef01234567_s3cr3t-s3cr3t-s3cr3t"
 T = "2026-11-23T16:39:05.633208Z"

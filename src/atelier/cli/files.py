@@ -15,13 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
-from atelier.cli_admin import _call, _fail, _show
+from atelier.cli.common import CompartmentOpt, JsonOpt, client_for, fail, show
 
 files_app = typer.Typer(
     name="files", help="Files in your tenancy: training data and documents, stored encrypted.", no_args_is_help=True
 )
 
-RawOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
 FileIdArg = Annotated[str, typer.Argument(help="File id (file_…).")]
 PURPOSES = ("fine-tune", "knowledge-base")
 
@@ -41,7 +40,7 @@ COLUMNS = [
 
 def _purpose(value: str | None) -> str | None:
     if value is not None and value not in PURPOSES:
-        _fail(f"--purpose must be one of: {', '.join(PURPOSES)}")
+        fail(f"--purpose must be one of: {', '.join(PURPOSES)}")
     return value
 
 
@@ -50,37 +49,35 @@ def upload(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="The local file to upload.", exists=True, dir_okay=False)],
     purpose: Annotated[str, typer.Option("--purpose", "-p", help="fine-tune or knowledge-base.")] = "fine-tune",
-    compartment: Annotated[
-        str | None, typer.Option("--compartment", "-c", help="Compartment id or path (eng:ml); default the root.")
-    ] = None,
+    compartment: CompartmentOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Name to store; default the file's own.")] = None,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """Upload a file; prints its id."""
     _purpose(purpose)
-    _show(_call(ctx, "upload_file", path, purpose, compartment=compartment, filename=name), COLUMNS, raw)
+    show(client_for(ctx).files.upload(path, purpose, compartment=compartment, filename=name), COLUMNS, raw)
 
 
 @files_app.command("list")
 def list_(
     ctx: typer.Context,
     purpose: Annotated[str | None, typer.Option("--purpose", "-p", help="Only files of this purpose.")] = None,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """List the files you may see, newest first."""
-    _show(_call(ctx, "list_files", _purpose(purpose)), COLUMNS, raw)
+    show(client_for(ctx).files.list(_purpose(purpose)), COLUMNS, raw)
 
 
 @files_app.command("show")
-def show(ctx: typer.Context, file_id: FileIdArg, raw: RawOpt = False) -> None:
+def show_file(ctx: typer.Context, file_id: FileIdArg, raw: JsonOpt = False) -> None:
     """Show one file's metadata."""
-    _show(_call(ctx, "get_file", file_id), COLUMNS, raw)
+    show(client_for(ctx).files.get(file_id), COLUMNS, raw)
 
 
 @files_app.command("delete")
 def delete(ctx: typer.Context, file_id: FileIdArg) -> None:
     """Delete a file and its stored bytes."""
-    deleted = _call(ctx, "delete_file", file_id)
+    deleted = client_for(ctx).files.delete(file_id)
     typer.echo(f"deleted {deleted.get('id', file_id)}")
 
 
@@ -94,12 +91,13 @@ def download(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a file's bytes to disk (or stdout)."""
+    client = client_for(ctx)
     if output is None:
-        name = Path(str(_call(ctx, "get_file", file_id).get("filename") or "")).name  # never a path from the server
+        name = Path(str(client.files.get(file_id).get("filename") or "")).name  # never a path from the server
         output = name if name not in ("", ".", "..") else file_id
     if output != "-" and Path(output).exists() and not force:
-        _fail(f"{output} exists; pass --force to overwrite it")
-    data = _call(ctx, "file_content", file_id)
+        fail(f"{output} exists; pass --force to overwrite it")
+    data = client.files.content(file_id)
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -107,5 +105,5 @@ def download(
     try:
         Path(output).write_bytes(data)
     except OSError as exc:
-        _fail(f"cannot write {output}: {exc.strerror}")
+        fail(f"cannot write {output}: {exc.strerror}")
     typer.echo(f"wrote {len(data)} bytes to {output}")

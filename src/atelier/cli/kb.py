@@ -9,7 +9,6 @@ HTTP API like the rest of the CLI, so the caller's key and the tenancy's policie
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,13 +17,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from atelier.cli_admin import _call, _fail, _show
+from atelier.cli.common import JsonOpt, client_for, fail, print_json, resolve_ref, show
+from atelier.client import AtelierClient
 from atelier.rag.loaders import CONTENT_TYPES
 
 kb_app = typer.Typer(name="kb", help="Knowledge bases: documents in, grounded answers with citations out.",
                      no_args_is_help=True)
 
-RawOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
 KbArg = Annotated[str, typer.Argument(help="Knowledge base id (kb_…) or name.")]
 FINAL = ("ready", "failed")
 SNIPPET = 160
@@ -39,14 +38,9 @@ DOC_COLUMNS = [
 ]  # fmt: skip
 
 
-def resolve_kb(ctx: typer.Context, ref: str) -> str:
+def resolve_kb(client: AtelierClient, ref: str) -> str:
     """The id of the knowledge base named by ``ref`` (an id as is, else by name)."""
-    if ref.startswith("kb_"):
-        return ref
-    matches = [kb["id"] for kb in _call(ctx, "knowledge_bases") if kb.get("name") == ref]
-    if not matches:
-        _fail(f"no knowledge base {ref!r} that you may see (name it by id or name)")
-    return matches[0]
+    return resolve_ref(ref, "kb", client.knowledge_bases.list, "knowledge base")
 
 
 def collect_files(paths: list[Path]) -> list[Path]:
@@ -62,12 +56,12 @@ def collect_files(paths: list[Path]) -> list[Path]:
                                 and not any(part.startswith(".") for part in p.relative_to(path).parts)))
         elif path.is_file():
             if path.suffix.lower() not in CONTENT_TYPES:
-                _fail(f"{path}: unsupported file type; supported: {', '.join(sorted(CONTENT_TYPES))}")
+                fail(f"{path}: unsupported file type; supported: {', '.join(sorted(CONTENT_TYPES))}")
             files.append(path)
         else:
-            _fail(f"{path}: no such file or folder")
+            fail(f"{path}: no such file or folder")
     if not files:
-        _fail("no supported documents found (" + ", ".join(sorted(CONTENT_TYPES)) + ")")
+        fail("no supported documents found (" + ", ".join(sorted(CONTENT_TYPES)) + ")")
     return list(dict.fromkeys(files))
 
 
@@ -76,14 +70,18 @@ def _bar(console: Console) -> Progress:
                     console=console)
 
 
-def follow_ingestion(ctx: typer.Context, kb_id: str, doc_ids: list[str], console: Console,
+def follow_ingestion(client: AtelierClient, kb_id: str, doc_ids: list[str], console: Console,
                      poll_seconds: float = 1.0) -> list[dict[str, Any]]:
-    """Poll the documents until each is ready or failed, with bars for documents and chunks; returns them."""
+    """Poll the documents until each is ready or failed, with bars for documents and chunks.
+
+    Returns:
+        The documents in ``doc_ids``' order, in their final states.
+    """
     with _bar(console) as progress:
         docs_task = progress.add_task("ingested", total=len(doc_ids))
         chunks_task = progress.add_task("chunks", total=None)
         while True:
-            current = {d["id"]: d for d in _call(ctx, "documents", kb_id)}
+            current = {d["id"]: d for d in client.knowledge_bases.documents.list(kb_id)}
             docs = [current.get(i) or {"id": i, "state": "failed", "error": "deleted meanwhile"} for i in doc_ids]
             done = total = 0
             for doc in docs:
@@ -113,13 +111,14 @@ def create(
     search_breadth: Annotated[int | None, typer.Option("--search-breadth", help="HNSW ef (default 100).")] = None,
     description: Annotated[str | None, typer.Option("--description", "-d")] = None,
     compartment: Annotated[str | None, typer.Option("--compartment", "-c", help="Id or path (eng:ml).")] = None,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """Create an empty knowledge base."""
-    created = _call(ctx, "create_knowledge_base", name, embedding_model=embedding_model, chunk_size=chunk_size,
-                    chunk_overlap=chunk_overlap, search_breadth=search_breadth, description=description,
-                    compartment=compartment)
-    _show(created, KB_COLUMNS, raw)
+    created = client_for(ctx).knowledge_bases.create(
+        name, embedding_model=embedding_model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+        search_breadth=search_breadth, description=description, compartment=compartment,
+    )  # fmt: skip
+    show(created, KB_COLUMNS, raw)
 
 
 @kb_app.command("add")
@@ -130,10 +129,11 @@ def add(
     tags: Annotated[str | None, typer.Option("--tags", "-t", help="Comma-separated tags for every document.")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the ingestion until every document ends.")
                     ] = True,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """Upload documents (progress bar), then follow their ingestion (chunks embedded)."""
-    kb_id = resolve_kb(ctx, kb)
+    client = client_for(ctx)
+    kb_id = resolve_kb(client, kb)
     files = collect_files(paths)
     tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()] or None
     console = Console(stderr=True)
@@ -141,7 +141,7 @@ def add(
     with _bar(console) as progress:
         task = progress.add_task("uploaded", total=len(files))
         for path in files:
-            document, created = _call(ctx, "add_document", kb_id, path, tags=tag_list)
+            document, created = client.knowledge_bases.documents.add(kb_id, path, tags=tag_list)
             uploaded.append({**document, "unchanged": not created})
             progress.advance(task)
     unchanged = sum(d["unchanged"] for d in uploaded)
@@ -150,9 +150,9 @@ def add(
     docs = uploaded
     if wait:
         pending = [d["id"] for d in uploaded if d["state"] not in FINAL]
-        final = {d["id"]: d for d in follow_ingestion(ctx, kb_id, pending, console)} if pending else {}
+        final = {d["id"]: d for d in follow_ingestion(client, kb_id, pending, console)} if pending else {}
         docs = [final.get(d["id"], d) for d in uploaded]
-    _show(docs, DOC_COLUMNS, raw)
+    show(docs, DOC_COLUMNS, raw)
     if wait and any(d["state"] == "failed" for d in docs):
         raise typer.Exit(1)
 
@@ -161,18 +161,25 @@ def add(
 def list_(
     ctx: typer.Context,
     kb: Annotated[str | None, typer.Argument(help="A knowledge base: list its documents instead.")] = None,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """List your knowledge bases, or the documents of one."""
+    client = client_for(ctx)
     if kb is None:
-        _show(_call(ctx, "knowledge_bases"), KB_COLUMNS, raw)
+        show(client.knowledge_bases.list(), KB_COLUMNS, raw)
     else:
-        _show(_call(ctx, "documents", resolve_kb(ctx, kb)), DOC_COLUMNS, raw)
+        show(client.knowledge_bases.documents.list(resolve_kb(client, kb)), DOC_COLUMNS, raw)
 
 
 def _snippet(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= SNIPPET else line[: SNIPPET - 1] + "…"
+
+
+def _source(passage: dict[str, Any]) -> str:
+    """``file > heading (chars 10-250)``: where a passage or a citation comes from."""
+    where = passage["filename"] + (f" > {passage['heading']}" if passage.get("heading") else "")
+    return f"{where} (chars {passage['start']}-{passage['end']})"
 
 
 @kb_app.command("query")
@@ -185,19 +192,19 @@ def query(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only documents with this tag (repeatable).")] = None,
     document: Annotated[list[str] | None, typer.Option("--document", help="Only this document (repeatable).")] = None,
     rerank: Annotated[bool, typer.Option("--rerank", help="Rerank a wider pool (MMR).")] = False,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """Search a knowledge base: the best passages with their scores and sources."""
-    passages = _call(ctx, "query_knowledge_base", resolve_kb(ctx, kb), text, mode=mode, top_k=top_k, tags=tag,
-                     document_ids=document, rerank=rerank or None)
+    client = client_for(ctx)
+    passages = client.knowledge_bases.query(resolve_kb(client, kb), text, mode=mode, top_k=top_k, tags=tag,
+                                            document_ids=document, rerank=rerank or None)
     if raw:
-        typer.echo(json.dumps(passages, indent=2))
+        print_json(passages)
         return
     if not passages:
         typer.echo("no passages found")
     for p in passages:
-        where = f"{p['filename']}" + (f" > {p['heading']}" if p.get("heading") else "")
-        typer.echo(f"{p['rank']}. [{p['score']:.4f}] {where} (chars {p['start']}-{p['end']})")
+        typer.echo(f"{p['rank']}. [{p['score']:.4f}] {_source(p)}")
         typer.echo(f"   {_snippet(p['text'])}")
 
 
@@ -210,24 +217,25 @@ def ask(
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Passages given to the model.")] = None,
     mode: Annotated[str | None, typer.Option("--mode", "-m", help="dense, keyword or hybrid.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Most tokens of the answer.")] = None,
-    raw: RawOpt = False,
+    raw: JsonOpt = False,
 ) -> None:
     """Answer a question from a knowledge base, citing its sources."""
-    result = _call(ctx, "ask_knowledge_base", resolve_kb(ctx, kb), question, model=model, top_k=top_k, mode=mode,
-                   max_tokens=max_tokens)
+    client = client_for(ctx)
+    result = client.knowledge_bases.ask(resolve_kb(client, kb), question, model=model, top_k=top_k, mode=mode,
+                                        max_tokens=max_tokens)
     if raw:
-        typer.echo(json.dumps(result, indent=2))
+        print_json(result)
         return
     typer.echo(result["answer"])
     if result.get("citations"):
         typer.echo("\nSources:")
         for c in result["citations"]:
-            where = c["filename"] + (f" > {c['heading']}" if c.get("heading") else "")
-            typer.echo(f"[{c['index']}] {where} (chars {c['start']}-{c['end']}): {_snippet(c['text'])}")
+            typer.echo(f"[{c['index']}] {_source(c)}: {_snippet(c['text'])}")
 
 
 @kb_app.command("delete")
 def delete(ctx: typer.Context, kb: KbArg) -> None:
     """Delete a knowledge base with its documents, chunks and vectors."""
-    deleted = _call(ctx, "delete_knowledge_base", resolve_kb(ctx, kb))
+    client = client_for(ctx)
+    deleted = client.knowledge_bases.delete(resolve_kb(client, kb))
     typer.echo(f"deleted {deleted.get('id')}")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +16,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from atelier.cli import State, app, format_models_table, parse_example, render_error
+from atelier.cli import State, app
+from atelier.cli.common import render_error
+from atelier.cli.inference import parse_example
+from atelier.cli.models import format_models_table
 from atelier.client import ApiError, AtelierClient, ServerUnreachable, iter_sse_data, resolve_api_key
 from atelier.settings import Settings
 
@@ -155,7 +156,7 @@ def test_client_whole_answer():
 def test_client_maps_error_object_with_retry_after():
     server = Server(error_response(429, "too many requests", None, **{"Retry-After": "2"}))
     with pytest.raises(ApiError) as info:
-        AtelierClient("http://atelier.test", KEY, transport=server.transport).models()
+        AtelierClient("http://atelier.test", KEY, transport=server.transport).models.list()
     assert (info.value.status, info.value.message, info.value.retry_after) == (429, "too many requests", 2.0)
 
 
@@ -179,7 +180,7 @@ def test_client_connection_refused_is_server_unreachable():
 
     client = AtelierClient("http://127.0.0.1:1", KEY, transport=httpx.MockTransport(refuse))
     with pytest.raises(ServerUnreachable, match="not reachable at http://127.0.0.1:1"):
-        client.models()
+        client.models.list()
     with pytest.raises(ServerUnreachable):
         list(client.chat([], stream=True))
 
@@ -213,7 +214,7 @@ def test_from_env_reads_url_and_key(monkeypatch: pytest.MonkeyPatch):
 def test_no_key_sends_no_authorization_header(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("ATELIER_API_KEY")
     server = Server(lambda request: httpx.Response(200, json={"data": []}))
-    AtelierClient.from_env(transport=server.transport).models()
+    AtelierClient.from_env(transport=server.transport).models.list()
     assert "authorization" not in server.requests[0].headers
 
 
@@ -382,30 +383,3 @@ def test_server_not_reachable_message():
     assert "not reachable at http://127.0.0.1:1" in result.stderr
     assert "atelier serve" in result.stderr
     assert "Traceback" not in result.output
-
-
-# --- CLI: serve --------------------------------------------------------------------------
-
-
-def test_serve_builds_settings_from_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    calls = []
-    fake = types.ModuleType("atelier.api.server")
-    fake.run = lambda settings, **kw: calls.append((settings, kw))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "atelier.api.server", fake)
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.write_text("cert")
-    key.write_text("key")
-
-    args = ["serve", "--port", "8123", "--data-dir", str(tmp_path / "d"), "--tls-cert", str(cert), "--tls-key", str(key)]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    settings, kw = calls[0]
-    assert (settings.host, settings.port, settings.data_dir) == ("127.0.0.1", 8123, tmp_path / "d")
-    assert kw == {"tls_cert": cert, "tls_key": key, "workers": 1}  # one job worker by default
-
-    result = CliRunner().invoke(app, ["serve", "--tls-cert", str(cert)])
-    assert result.exit_code == 2 and len(calls) == 1
-
-    result = CliRunner().invoke(app, ["serve", "--workers", "0"])
-    assert result.exit_code == 0, result.output
-    assert calls[1][1]["workers"] == 0

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from atelier.api.app import create_app
 from atelier.catalog import BUILTIN, Catalog, ModelSource, ModelSpec
 from atelier.cli import State, app
-from atelier.cli_costs import fine_tuning_line, hosting_line, money
+from atelier.cli.costs import fine_tuning_line, hosting_line, money
 from atelier.engine.client import LocalEngine
 from atelier.engine.loading import tiny_loaded
 from atelier.settings import Settings

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from atelier.cli.common import State
 from atelier.console import APP_PATH
 from atelier.settings import Settings
 
@@ -47,7 +48,7 @@ def console(
     except ModuleNotFoundError:
         typer.echo("error: the console needs streamlit (reinstall atelier: pip install -e .)", err=True)
         raise typer.Exit(1) from None
-    url = getattr(ctx.obj, "url", None)
+    url = ctx.ensure_object(State).url
     cmd = streamlit_command(host, port, url)
     typer.echo(f"Atelier console on http://{host}:{port} (API: {url or Settings().url})", err=True)
     sys.stdout.flush()

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from atelier.api.app import create_app
 from atelier.catalog import BUILTIN, Catalog, ModelSource, ModelSpec
 from atelier.cli import State, app
-from atelier.cli_finetune import progress_line, training_config
+from atelier.cli.finetune import training_config
+from atelier.cli.jobs import progress_line
 from atelier.engine.client import LocalEngine
 from atelier.engine.loading import tiny_loaded
 from atelier.jobs.fine_tune import KIND, FineTuneHandler
@@ -48,7 +49,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(server):
-    state = server.app.state
+    state = server.app.state.services
     handler = FineTuneHandler(state.db, state.objects, state.catalog, lambda spec: tiny_loaded("tiny"),
                               lambda spec: tiny_loaded("tiny").tokenizer)
     running = Worker(state.db, {KIND: handler}, data_dir=state.settings.data_path, poll_seconds=0.1)

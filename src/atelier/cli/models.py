@@ -1,0 +1,61 @@
+"""``atelier models`` and ``atelier models export``: the models offered, and a custom model's adapter.
+
+``models`` lists what the server offers (with your served custom models). ``export`` writes
+a custom model's adapter as a plain PEFT directory (``adapter_config.json`` +
+``adapter_model.safetensors``) that ``peft.PeftModel.from_pretrained`` loads anywhere; the
+unpacking is ``atelier.tuning.export``'s, which checks every member of the archive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from atelier.cli.common import client_for, fail, format_table
+from atelier.errors import InvalidInput
+from atelier.tuning.export import unpack_adapter
+
+models_app = typer.Typer(name="models", help="Models: list them; export a custom model's adapter.",
+                         invoke_without_command=True)
+
+
+def _positive(field: str) -> Any:
+    """A column of ``field`` that shows "-" for 0 (a limit that does not apply)."""
+    return lambda row: row.get(field) or None
+
+
+MODEL_COLUMNS = [
+    ("ID", "id"), ("CAPABILITIES", "capabilities"), ("CONTEXT", _positive("context_length")),
+    ("MAX OUTPUT", _positive("max_output_tokens")), ("DIMS", _positive("dimensions")),
+]  # fmt: skip
+
+
+def format_models_table(listed: list[dict[str, Any]]) -> str:
+    """A plain aligned table: id, capabilities, context, max output, dims ("-" when not applicable)."""
+    return format_table(listed, MODEL_COLUMNS)
+
+
+@models_app.callback()
+def models(ctx: typer.Context) -> None:
+    """List the models the server offers, with their limits (and your custom models)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    typer.echo(format_models_table(client_for(ctx).models.list()))
+
+
+@models_app.command("export")
+def export_model(
+    ctx: typer.Context,
+    model_id: Annotated[str, typer.Argument(help="Custom model id (cm_…).")],
+    directory: Annotated[Path, typer.Argument(help="Directory to write the PEFT files into.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite adapter files already there.")] = False,
+) -> None:
+    """Write a custom model's adapter as a plain PEFT directory."""
+    packed = client_for(ctx).custom_models.adapter(model_id)
+    try:
+        unpack_adapter(packed, directory, overwrite=force)
+    except InvalidInput as exc:
+        fail(exc.message + ("" if force else " (pass --force to overwrite)"))
+    typer.echo(f"wrote adapter_config.json and adapter_model.safetensors to {directory}")
