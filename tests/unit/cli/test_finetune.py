@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 
 import httpx
@@ -19,13 +20,15 @@ from typer.testing import CliRunner
 from atelier.api.app import create_app
 from atelier.catalog import BUILTIN, Catalog, ModelSource, ModelSpec
 from atelier.cli import State, app
-from atelier.cli.finetune import training_config
+from atelier.cli.finetune import OPTION_NAMES, training_config
 from atelier.cli.jobs import progress_line
+from atelier.cli.model_options import option_name
 from atelier.engine.client import LocalEngine
 from atelier.engine.loading import tiny_loaded
 from atelier.jobs.fine_tune import KIND, FineTuneHandler
 from atelier.jobs.worker import Worker
 from atelier.settings import Settings
+from atelier.tuning.config import TuneConfig
 
 ADMIN_KEY = "cli-finetune-admin-key-0123456789"
 HOP_HEADERS = ("host", "content-length", "transfer-encoding", "content-encoding")
@@ -133,3 +136,49 @@ def test_helpers():
     line = progress_line({"step": 5, "total_steps": 10, "train_loss": 1.5, "valid_loss": None})
     assert line.startswith("[" + "#" * 15 + "." * 15 + "] step 5/10") and "loss 1.5000" in line
     assert "valid" not in line
+
+
+# --- options generated from TuneConfig ----------------------------------------------------------
+
+OPTIONS_BEFORE = [
+    "--model", "-m", "--data", "-d", "--method", "--text-template", "--validation-data", "--epochs", "--batch-size",
+    "--learning-rate", "--lora-r", "--lora-alpha", "--lora-dropout", "--validation-split", "--early-stopping-patience",
+    "--log-interval", "--max-steps", "--seed", "--suffix", "--cluster", "--wait", "--json",
+]  # fmt: skip
+
+
+def test_every_tune_config_field_is_an_option_and_the_old_names_still_work():
+    text = CliRunner().invoke(app, ["finetune", "--help"], env={"COLUMNS": "250"}).output
+    shown = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text))
+    assert set(OPTIONS_BEFORE) <= shown
+    assert {option_name(field, OPTION_NAMES) for field in TuneConfig.model_fields} <= shown
+    assert "Passes over the training examples. [default: 3]" in text
+
+
+def test_options_become_the_training_config_and_bounds_are_checked_before_any_request(tmp_path):
+    sent: list[httpx.Request] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path == "/v1/files":
+            return httpx.Response(200, json={"id": "file_1", "object": "file"})
+        body = json.loads(request.content)
+        return httpx.Response(200, json={"id": "job_1", "status": "queued", "model": body["model"],
+                                         "training_config": body["training_config"]})
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    state = State(transport=httpx.MockTransport(respond))
+    args = ["finetune", "-m", "tiny", "-d", str(data), "--epochs", "2", "--lora-r", "4", "--lr-scheduler", "cosine",
+            "--target-modules", "q_proj", "--target-modules", "v_proj", "--no-save-best-adapter"]  # fmt: skip
+    result = CliRunner().invoke(app, args, obj=state)
+    assert result.exit_code == 0, result.output
+    assert json.loads(sent[-1].content)["training_config"] == {
+        "type": "lora", "total_training_epochs": 2, "lora_r": 4, "lr_scheduler": "cosine",
+        "target_modules": ["q_proj", "v_proj"], "save_best_adapter": False,
+    }  # fmt: skip
+    sent.clear()
+    for bad in (["--lora-r", "65"], ["--learning-rate", "0"], ["--method", "full"], ["--warmup-ratio", "0.9"]):
+        refused = CliRunner().invoke(app, ["finetune", "-m", "tiny", "-d", str(data), *bad], obj=state)
+        assert refused.exit_code == 2, (bad, refused.output)
+    assert sent == []
