@@ -33,7 +33,7 @@ from atelier.cloud.custom_models import CustomModelService
 from atelier.cloud.fine_tuning import FineTuningService, JobRequest
 from atelier.cloud.unit_limits import set_unit_limits
 from atelier.cloud.units import UnitTable
-from atelier.jobs.queue import JobQueue
+from atelier.store.jobs import JobQueue
 from atelier.principal import Principal
 from atelier.security.crypto import KeyManager, RootKey
 from atelier.settings import Settings

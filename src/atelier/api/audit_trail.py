@@ -1,6 +1,6 @@
 """What the HTTP layer writes to the audit log: decisions, and the outcome of requests.
 
-``AuditTrail`` (on ``app.state.audit``) turns a request into audit events: the authorize gate
+``AuditTrail`` (``Services.audit``) turns a request into audit events: the authorize gate
 calls :meth:`AuditTrail.record_decision` before any work, and :class:`AuditMiddleware`
 gives every request an id (``X-Request-Id``) and, once the response is sent, appends its
 outcome when the request changed state, was refused or failed, or never reached a decision
@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atelier.api.access import rule_for
+from atelier.api.route_table import rule_for
 from atelier.principal import Principal
 from atelier.security.audit import AuditEntry, AuditEvent, AuditLog
 
@@ -76,7 +76,7 @@ def _principal_of(state: dict[str, Any]) -> Principal | None:
 
 
 class AuditTrail:
-    """The API's writer of audit entries (``app.state.audit``).
+    """The API's writer of audit entries (``Services.audit``).
 
     Args:
         log: The hash-chained log entries are appended to.
@@ -194,8 +194,8 @@ class AuditMiddleware:
         path = scope.get("path", "")
         if status < 400 and any(path == p or path.startswith(p + "/") for p in UNAUDITED_PATHS):
             return  # a probe, a scrape or the docs; a refused scrape (401, 403) is still logged
-        app = scope.get("app")
-        trail = getattr(getattr(app, "state", None), "audit", None)
+        services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+        trail = getattr(services, "audit", None)
         if trail is None:
             return
         decided = "audit_decision_seq" in scope.get("state", {})

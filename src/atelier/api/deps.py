@@ -1,8 +1,9 @@
-"""FastAPI dependencies, as ``Annotated`` types: settings, engine, catalog, session, principal.
+"""FastAPI dependencies, as ``Annotated`` types: the services, the caller, its guard, a session.
 
-Everything comes from ``app.state``, filled by the lifespan in ``app.py``. The principal
-and what it may do come from ``api.access.authorize``, which every ``/v1`` route depends on.
-Routes hold no authentication or authorization logic of their own.
+``ServicesDep`` is the one container of the service's parts (``api/services.py``).
+``AccessDep`` comes from ``api.access.authorize``, the gate every ``/v1`` route depends on;
+``GuardDep`` is the caller's object-level authorization (``api/authz.py``), one per
+request. Routes hold no authentication or authorization logic of their own.
 """
 
 from __future__ import annotations
@@ -10,31 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlalchemy.orm import Session
 
 from atelier.api.access import Access, authorize
-from atelier.catalog import Catalog
-from atelier.engine.client import EngineClient
+from atelier.api.authz import Guard
+from atelier.api.services import Services, ServicesDep
 from atelier.principal import Principal
-from atelier.settings import Settings
+
+__all__ = ["AccessDep", "GuardDep", "PrincipalDep", "ServicesDep", "SessionDep"]
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def _engine(request: Request) -> EngineClient:
-    return request.app.state.engine
-
-
-def _catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
-
-
-def _session(request: Request) -> Iterator[Session]:
+def _session(services: ServicesDep) -> Iterator[Session]:
     """A database session for one request: committed when the route returns, else rolled back."""
-    with request.app.state.db.session() as session:
+    with services.db.session() as session:
         yield session
 
 
@@ -42,11 +32,24 @@ def _principal(access: Annotated[Access, Depends(authorize)]) -> Principal:
     return access.principal
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-EngineDep = Annotated[EngineClient, Depends(_engine)]
-CatalogDep = Annotated[Catalog, Depends(_catalog)]
+def _guard(access: Annotated[Access, Depends(authorize)], services: ServicesDep) -> Guard:
+    return guard_for(access, services)
+
+
+def guard_for(access: Access, services: Services) -> Guard:
+    """The guard of one request's caller over the service's objects."""
+    return Guard(access, services.db, {
+        "clusters": services.clusters.get,
+        "endpoints": services.endpoints.get,
+        "custom-models": services.custom_models.get,
+        "fine-tuning-jobs": services.fine_tuning.get,
+        "knowledge-bases": services.knowledge_bases.get,
+        "files": services.files.get_file,
+    })  # fmt: skip
+
+
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 """Committed before the response is sent (``scope="function"``), so a failed commit is an error response."""
 PrincipalDep = Annotated[Principal, Depends(_principal)]
-
 AccessDep = Annotated[Access, Depends(authorize)]
+GuardDep = Annotated[Guard, Depends(_guard)]

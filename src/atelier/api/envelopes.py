@@ -1,12 +1,13 @@
-"""Response envelopes shared by the resource routes: lists and deletions.
+"""Response envelopes shared by the resource routes: lists, deletions and times.
 
 A list answers ``{"object": "list", "data": [...]}`` and a deletion
-``{"id", "object", "deleted": true}``, as OpenAI's API does. Knows nothing about the
-objects inside.
+``{"id", "object", "deleted": true}``, as OpenAI's API does; times are Unix seconds.
+Knows nothing about the objects inside.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, Field
@@ -27,3 +28,10 @@ class Deleted(BaseModel):
     id: str = Field(description="The deleted object's id.")
     object: str = Field(description="The deleted object's type, e.g. `user`.")
     deleted: bool = Field(True, description="Always true.")
+
+
+def unix(moment: datetime | None) -> int | None:
+    """Unix seconds of a stored time (SQLite returns it naive, in UTC); None stays None."""
+    if moment is None:
+        return None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())

@@ -1,6 +1,6 @@
 """Prometheus metrics: requests, latency, tokens, engine queues; ``GET /metrics`` for the operator.
 
-Each app has its own ``CollectorRegistry`` (``app.state.metrics``), so several apps in one
+Each app has its own ``CollectorRegistry`` (``Services.metrics``), so several apps in one
 process (tests) never share counters. :class:`MetricsMiddleware` counts every HTTP request
 by method, route template (from the route table of ``api.access``) and status and observes
 its duration (a stream's until its last byte); requests matching no route are labelled
@@ -14,12 +14,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atelier.api.access import rule_for
+from atelier.api.route_table import rule_for
+from atelier.api.services import ServicesDep
 
 router = APIRouter(tags=["service"])
 
@@ -135,8 +136,7 @@ class MetricsMiddleware:
     response_class=Response,
     summary="Prometheus metrics (operator)",
 )
-async def metrics(request: Request) -> Response:
+async def metrics(services: ServicesDep) -> Response:
     """Requests by route and status, latency, tokens by model, engine queues and adapters."""
-    registry: Metrics = request.app.state.metrics
-    await run_in_threadpool(registry.read_engine, request.app.state.engine)
-    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+    await run_in_threadpool(services.metrics.read_engine, services.engine)
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

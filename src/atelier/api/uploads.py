@@ -18,11 +18,19 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from atelier.errors import InvalidInput, TooLarge
+from atelier.settings import Settings
 
 MAX_FIELD_BYTES = 64 * 1024
 """Largest text field beside the file."""
 MAX_PARTS = 32
 """Most parts in one form (the file and its fields)."""
+MULTIPART_OVERHEAD = 64 * 1024
+"""Room for the form around the file (boundaries, headers, short fields) in an upload's body limit."""
+
+
+def upload_limit(settings: Settings) -> int:
+    """The body limit of an upload route: the largest file plus the form around it."""
+    return max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_OVERHEAD)
 
 
 @dataclass

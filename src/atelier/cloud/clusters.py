@@ -21,12 +21,10 @@ Every method takes the caller's ``Principal`` first; another tenancy's cluster i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from atelier.catalog import Catalog, ModelSpec
@@ -35,15 +33,12 @@ from atelier.cloud.unit_limits import require_units
 from atelier.cloud.units import MAX_UNITS, UnitTable, capability_for
 from atelier.errors import Conflict, InvalidInput, NotFound
 from atelier.principal import Principal
+from atelier.store import clusters as repo
 from atelier.store.db import Database
-from atelier.store.tables import NAME_LENGTH, Cluster, Endpoint, Job, Tenancy, utcnow
+from atelier.store.tables import NAME_LENGTH, Cluster, utcnow
 
 ClusterType = Literal["hosting", "fine-tuning"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-JOBS_HOLDING_UNITS = ("validating_files", "queued", "running")
-"""Job states in which a fine-tuning job holds its units of its cluster."""
-ENDPOINTS_HOLDING_CAPACITY = ("creating", "active", "updating", "deleting")
-"""Endpoint states that take one of a hosting cluster's places."""
 ADMISSION = threading.Lock()
 """Held while a fine-tuning job is admitted on a cluster and while a cluster shrinks or is
 deleted: the job queue writes in its own transaction, so this keeps "free units" true from
@@ -74,46 +69,6 @@ class ClusterUpdate(BaseModel):
     name: str | None = Field(None, pattern=NAME_PATTERN, description="A new name.")
     unit_count: int | None = Field(None, ge=1, le=MAX_UNITS, description="A new unit count (grow or shrink).")
     description: str | None = Field(None, max_length=400, description="A new description.")
-
-
-@contextmanager
-def locked(db: Database, tenancy_id: str) -> Iterator[Session]:
-    """A write transaction holding the tenancy's lock: checks of free units or capacity made in it
-    stay true until it commits (``BEGIN IMMEDIATE`` on SQLite, ``SELECT … FOR UPDATE`` elsewhere)."""
-    with db.session() as session:
-        if db.engine.dialect.name == "sqlite":
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            session.execute(select(Tenancy.id).where(Tenancy.id == tenancy_id).with_for_update())
-        yield session
-
-
-def scoped_cluster(session: Session, principal: Principal, cluster_id: str, param: str | None = None) -> Cluster:
-    """The caller's cluster ``cluster_id``.
-
-    Raises:
-        NotFound: No such cluster in the caller's tenancy.
-    """
-    row = session.get(Cluster, cluster_id) if isinstance(cluster_id, str) and cluster_id else None
-    if row is None or row.tenancy_id != principal.tenancy_id:
-        raise NotFound(f"cluster {cluster_id!r} not found", param=param)
-    return row
-
-
-def endpoints_on(session: Session, cluster_id: str) -> int:
-    """Endpoints that take a place on the cluster (every one not deleted or failed)."""
-    query = select(func.count()).select_from(Endpoint).where(
-        Endpoint.cluster_id == cluster_id, Endpoint.state.in_(ENDPOINTS_HOLDING_CAPACITY)
-    )
-    return int(session.scalar(query) or 0)
-
-
-def jobs_on(session: Session, cluster_id: str) -> int:
-    """Jobs under way on the cluster (validating files, queued or running)."""
-    query = select(func.count()).select_from(Job).where(
-        Job.cluster_id == cluster_id, Job.state.in_(JOBS_HOLDING_UNITS)
-    )
-    return int(session.scalar(query) or 0)
 
 
 class ClusterService:
@@ -152,14 +107,20 @@ class ClusterService:
         if row.type != "hosting":
             return 0, 0
         spec = self._catalog_spec(row.base_model)
-        return (spec.sizing.max_custom_models if spec else 0), endpoints_on(session, row.id)
+        return (spec.sizing.max_custom_models if spec else 0), repo.endpoints_on(session, row.id)
+
+    def occupancy(self, row: Cluster) -> tuple[int, int, int]:
+        """``(total endpoint places, places used, units held by jobs)`` of a cluster."""
+        with self._db.session() as session:
+            total, used = self.capacity(session, row)
+            return total, used, self.held_units(session, row)
 
     def held_units(self, session: Session, row: Cluster) -> int:
         """Units of a fine-tuning cluster held by its jobs under way."""
         if row.type != "fine-tuning":
             return 0
         spec = self._catalog_spec(row.base_model)
-        return jobs_on(session, row.id) * (spec.sizing.fine_tuning_units if spec else 0)
+        return repo.jobs_on(session, row.id) * (spec.sizing.fine_tuning_units if spec else 0)
 
     def _catalog_spec(self, name: str) -> ModelSpec | None:
         try:
@@ -200,8 +161,8 @@ class ClusterService:
                 (code ``limit_exceeded``).
         """
         self._check_sizing(body)
-        with locked(self._db, principal.tenancy_id) as session:
-            self._name_free(session, principal, body.name)
+        with repo.locked(self._db, principal.tenancy_id) as session:
+            repo.require_free_name(session, principal, Cluster, body.name)
             require_units(session, principal.tenancy_id, self._units, body.unit_type, body.unit_count,
                           what=f"a {body.type} cluster")
             now = utcnow()
@@ -217,26 +178,16 @@ class ClusterService:
     def _provisioned(self, principal: Principal, cluster_id: str) -> Cluster:
         """``creating`` → ``active``: local capacity is the service's own, ready at once."""
         with self._db.session() as session:
-            row = scoped_cluster(session, principal, cluster_id)
+            row = repo.get_cluster(session, principal, cluster_id)
             row.state = move(CLUSTER_MOVES, f"cluster {row.id!r}", row.state, "active")
             row.active_at = row.updated_at = utcnow()
             session.flush()
             return row
 
-    def _name_free(self, session: Session, principal: Principal, name: str, *, other_than: str | None = None) -> None:
-        query = select(Cluster.id).where(
-            Cluster.tenancy_id == principal.tenancy_id, Cluster.name == name, Cluster.state != "deleted"
-        )
-        if any(found != other_than for found in session.scalars(query)):
-            raise Conflict(f"a cluster named {name!r} already exists", param="name")
-
     def list(self, principal: Principal, *, include_deleted: bool = False) -> list[Cluster]:
         """The tenancy's clusters, oldest first (deleted ones only when asked)."""
-        query = select(Cluster).where(Cluster.tenancy_id == principal.tenancy_id)
-        if not include_deleted:
-            query = query.where(Cluster.state != "deleted")
         with self._db.session() as session:
-            return list(session.scalars(query.order_by(Cluster.created_at, Cluster.id)))
+            return repo.list_clusters(session, principal, include_deleted=include_deleted)
 
     def get(self, principal: Principal, cluster_id: str) -> Cluster:
         """The caller's cluster (a deleted one too, in state ``deleted``).
@@ -245,7 +196,7 @@ class ClusterService:
             NotFound: No such cluster in the caller's tenancy.
         """
         with self._db.session() as session:
-            return scoped_cluster(session, principal, cluster_id)
+            return repo.get_cluster(session, principal, cluster_id)
 
     def update(self, principal: Principal, cluster_id: str, body: ClusterUpdate) -> Cluster:
         """Rename, describe, grow or shrink an active cluster (``active`` → ``updating`` → ``active``).
@@ -258,12 +209,12 @@ class ClusterService:
         """
         if body.name is None and body.unit_count is None and body.description is None:
             raise InvalidInput("give at least one of name, unit_count, description", param="unit_count")
-        with ADMISSION, locked(self._db, principal.tenancy_id) as session:
-            row = scoped_cluster(session, principal, cluster_id)
+        with ADMISSION, repo.locked(self._db, principal.tenancy_id) as session:
+            row = repo.get_cluster(session, principal, cluster_id)
             what = f"cluster {row.id!r}"
             row.state = move(CLUSTER_MOVES, what, row.state, "updating")
             if body.name is not None and body.name != row.name:
-                self._name_free(session, principal, body.name, other_than=row.id)
+                repo.require_free_name(session, principal, Cluster, body.name, other_than=row.id)
                 row.name = body.name
             if body.description is not None:
                 row.description = body.description
@@ -296,11 +247,11 @@ class ClusterService:
             Conflict: Already deleted; a hosting cluster with endpoints, or a fine-tuning
                 cluster with jobs under way.
         """
-        with ADMISSION, locked(self._db, principal.tenancy_id) as session:
-            row = scoped_cluster(session, principal, cluster_id)
+        with ADMISSION, repo.locked(self._db, principal.tenancy_id) as session:
+            row = repo.get_cluster(session, principal, cluster_id)
             what = f"cluster {row.id!r}"
             target = move(CLUSTER_MOVES, what, row.state, "deleting")
-            endpoints, jobs = endpoints_on(session, row.id), jobs_on(session, row.id)
+            endpoints, jobs = repo.endpoints_on(session, row.id), repo.jobs_on(session, row.id)
             if endpoints:
                 raise Conflict(f"{what} still hosts {endpoints} endpoint(s): delete them first")
             if jobs:
@@ -337,7 +288,7 @@ class ClusterService:
         need = spec.sizing.fine_tuning_units
         if cluster_id is not None:
             try:
-                row = scoped_cluster(session, principal, cluster_id)
+                row = repo.get_cluster(session, principal, cluster_id)
             except NotFound:
                 row = None
             if row is None or not may_use(row):
@@ -354,11 +305,8 @@ class ClusterService:
                                "wait for its jobs to end, grow it, or use another cluster",
                                param="cluster_id", code="no_free_units")
             return row
-        query = select(Cluster).where(
-            Cluster.tenancy_id == principal.tenancy_id, Cluster.type == "fine-tuning",
-            Cluster.base_model == spec.name, Cluster.state == "active",
-        ).order_by(Cluster.created_at, Cluster.id)  # fmt: skip
-        candidates = [row for row in session.scalars(query) if may_use(row)]
+        eligible = repo.list_clusters(session, principal, type="fine-tuning", base_model=spec.name, state="active")
+        candidates = [row for row in eligible if may_use(row)]
         for row in candidates:
             if row.unit_count - self.held_units(session, row) >= need:
                 return row

@@ -24,14 +24,14 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from atelier.catalog import Catalog
 from atelier.cloud.units import MAX_UNITS, UnitTable
 from atelier.errors import InvalidInput, NotFound
 from atelier.principal import Principal
+from atelier.store import clusters as repo
 from atelier.store.db import Database
-from atelier.store.tables import Cluster, Job, utcnow
+from atelier.store.tables import utcnow
 
 HOURS_PER_MONTH = 744
 """A billing month: 31 days × 24 hours."""
@@ -164,12 +164,9 @@ def metered(principal: Principal, db: Database, catalog: Catalog, table: UnitTab
     """
     now = now or utcnow()
     with db.session() as session:
-        rows = list(session.scalars(select(Cluster).where(Cluster.tenancy_id == principal.tenancy_id)
-                                    .order_by(Cluster.created_at, Cluster.id)))
+        rows = repo.list_clusters(session, principal, include_deleted=True)
         by_id = {row.id: row for row in rows if clusters is None or row.id in clusters}
-        jobs = list(session.scalars(select(Job).where(
-            Job.tenancy_id == principal.tenancy_id, Job.cluster_id.in_(list(by_id)), Job.started_at.is_not(None),
-        ).order_by(Job.created_at, Job.id)))  # fmt: skip
+        jobs = repo.started_jobs_on(session, principal, list(by_id))
     lines = []
     for row in by_id.values():
         if row.type != "hosting" or row.active_at is None or row.unit_type not in table.unit_types:

@@ -16,27 +16,21 @@ policies (the routes check those, and hand ids in bodies over already checked).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from atelier.catalog import Catalog, ModelSpec
-from atelier.cloud.clusters import ENDPOINTS_HOLDING_CAPACITY, NAME_PATTERN, endpoints_on, locked, scoped_cluster
-from atelier.cloud.custom_models import CustomModelService
+from atelier.cloud.adapter_host import AdapterHost
+from atelier.cloud.clusters import NAME_PATTERN
+from atelier.cloud.custom_models import CustomModelService, is_custom_model_ref
 from atelier.cloud.states import ENDPOINT_MOVES, move
-from atelier.engine.client import EngineClient
-from atelier.errors import AtelierError, Conflict, InvalidInput, NotFound, Unavailable
+from atelier.errors import AtelierError, Conflict, InvalidInput, NotFound
 from atelier.principal import Principal
+from atelier.store import clusters as repo
+from atelier.store import custom_models as custom_models_repo
 from atelier.store.db import Database
 from atelier.store.tables import NAME_LENGTH, CustomModel, Endpoint, utcnow
-from atelier.tuning.export import unpack_adapter
 
-CUSTOM_MODEL_PREFIX = "cm_"
 ENDPOINT_PREFIX = "ep_"
 
 
@@ -64,91 +58,6 @@ class EndpointUpdate(BaseModel):
 
     name: str | None = Field(None, pattern=NAME_PATTERN, description="A new name.")
     description: str | None = Field(None, max_length=400, description="A new description.")
-
-
-def scoped_endpoint(session: Session, principal: Principal, endpoint_id: str) -> Endpoint:
-    """The caller's endpoint ``endpoint_id``.
-
-    Raises:
-        NotFound: No such endpoint in the caller's tenancy.
-    """
-    row = session.get(Endpoint, endpoint_id) if isinstance(endpoint_id, str) and endpoint_id else None
-    if row is None or row.tenancy_id != principal.tenancy_id:
-        raise NotFound(f"endpoint {endpoint_id!r} not found")
-    return row
-
-
-def hosting(session: Session, principal: Principal, custom_model_id: str, *, states=("active",)) -> list[Endpoint]:
-    """The caller's endpoints of a custom model in ``states``, oldest first."""
-    query = select(Endpoint).where(
-        Endpoint.tenancy_id == principal.tenancy_id, Endpoint.custom_model_id == custom_model_id,
-        Endpoint.state.in_(states),
-    )  # fmt: skip
-    return list(session.scalars(query.order_by(Endpoint.created_at, Endpoint.id)))
-
-
-class AdapterHost:
-    """The custom models' adapters loaded in the engine, one slot per custom model.
-
-    An adapter is opened from its sealed object into a private temporary directory only for
-    the ``add_adapter`` call (the engine reads it once), which is deleted at once: the
-    plaintext is never kept on disk nor copied into the base weights. A slot the engine
-    evicted under its memory budget (``adapter_slot`` answers None) is loaded again on the
-    next request. Loads are serialized (one lock); traffic on loaded adapters never waits
-    for them.
-
-    Args:
-        engine: The inference engine.
-        custom_models: Opens the sealed adapters.
-        scratch: Parent of the private temporary directories (created 0700).
-    """
-
-    def __init__(self, engine: EngineClient, custom_models: CustomModelService, scratch: Path):
-        self._engine = engine
-        self._custom_models = custom_models
-        self._scratch = scratch
-        self._lock = threading.Lock()
-
-    def _find(self, key: str) -> int | None:
-        find = getattr(self._engine, "adapter_slot", None)
-        if find is None:
-            raise Unavailable("this engine does not serve custom models")
-        return find(key)
-
-    def slot(self, principal: Principal, row: CustomModel) -> int:
-        """The engine slot of the custom model's adapter, loading it if it is not loaded.
-
-        Raises:
-            Unavailable: The engine cannot serve adapters, or this one cannot be loaded.
-            Undecryptable: The sealed adapter cannot be opened.
-        """
-        slot = self._find(row.id)
-        if slot is not None:
-            return slot
-        with self._lock:
-            slot = self._find(row.id)
-            if slot is None:
-                slot = self._load(principal, row)
-        return slot
-
-    def _load(self, principal: Principal, row: CustomModel) -> int:
-        packed = self._custom_models.adapter(principal, row.id)
-        self._scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory = Path(tempfile.mkdtemp(prefix="adapter-", dir=self._scratch))  # mode 0700
-        try:
-            unpack_adapter(packed, directory, overwrite=True)
-            return self._engine.add_adapter(row.base_model, row.id, directory)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-
-    def release(self, custom_model_id: str) -> bool:
-        """Free the custom model's adapter if the engine holds it; whether it did."""
-        with self._lock:
-            slot = self._find(custom_model_id)
-            if slot is None:
-                return False
-            self._engine.remove_adapter(slot)
-            return True
 
 
 class EndpointService:
@@ -188,9 +97,9 @@ class EndpointService:
                 ``capacity_exceeded``); the name is taken.
             Unavailable: The adapter cannot be loaded (the endpoint is left ``failed``).
         """
-        with locked(self._db, principal.tenancy_id) as session:
+        with repo.locked(self._db, principal.tenancy_id) as session:
             try:
-                cluster = scoped_cluster(session, principal, body.cluster_id)
+                cluster = repo.get_cluster(session, principal, body.cluster_id)
             except NotFound:
                 raise InvalidInput(f"cluster {body.cluster_id!r} not found or not authorized",
                                    param="cluster_id") from None
@@ -202,8 +111,8 @@ class EndpointService:
                                param="cluster_id")
             spec = self._chat_spec(cluster.base_model)
             custom = self._model(session, principal, body.model, spec)
-            self._name_free(session, principal, body.name)
-            total, used = spec.sizing.max_custom_models, endpoints_on(session, cluster.id)
+            repo.require_free_name(session, principal, Endpoint, body.name)
+            total, used = spec.sizing.max_custom_models, repo.endpoints_on(session, cluster.id)
             if used >= total:
                 raise Conflict(f"cluster {cluster.id!r} hosts {used} of its {total} endpoints: delete one, or create "
                                "another hosting cluster", param="cluster_id", code="capacity_exceeded")
@@ -227,12 +136,13 @@ class EndpointService:
         """None for the base model, else the caller's active custom model of the same base."""
         if model == spec.name:
             return None
-        if not model.startswith(CUSTOM_MODEL_PREFIX):
+        if not is_custom_model_ref(model):
             raise InvalidInput(f"model must be the cluster's base model {spec.name!r} or a custom model of it (cm_…)",
                                param="model")
-        row = session.get(CustomModel, model)
-        if row is None or row.tenancy_id != principal.tenancy_id:
-            raise InvalidInput(f"custom model {model!r} not found or not authorized", param="model")
+        try:
+            row = custom_models_repo.get(session, principal, model)
+        except NotFound:
+            raise InvalidInput(f"custom model {model!r} not found or not authorized", param="model") from None
         if row.base_model != spec.name:
             raise InvalidInput(f"custom model {model!r} is tuned from {row.base_model!r}; this cluster hosts "
                                f"{spec.name!r}", param="model")
@@ -242,7 +152,7 @@ class EndpointService:
 
     def _settle(self, principal: Principal, endpoint_id: str, state: str, details: str = "") -> Endpoint:
         with self._db.session() as session:
-            row = scoped_endpoint(session, principal, endpoint_id)
+            row = repo.get_endpoint(session, principal, endpoint_id)
             row.state = move(ENDPOINT_MOVES, f"endpoint {row.id!r}", row.state, state)
             row.state_details = details[:400]
             row.updated_at = utcnow()
@@ -251,23 +161,11 @@ class EndpointService:
             session.flush()
             return row
 
-    def _name_free(self, session: Session, principal: Principal, name: str, *, other_than: str | None = None) -> None:
-        query = select(Endpoint.id).where(
-            Endpoint.tenancy_id == principal.tenancy_id, Endpoint.name == name, Endpoint.state != "deleted"
-        )
-        if any(found != other_than for found in session.scalars(query)):
-            raise Conflict(f"an endpoint named {name!r} already exists", param="name")
-
     def list(self, principal: Principal, *, include_deleted: bool = False, cluster_id: str | None = None
              ) -> list[Endpoint]:
         """The tenancy's endpoints, oldest first (deleted ones only when asked)."""
-        query = select(Endpoint).where(Endpoint.tenancy_id == principal.tenancy_id)
-        if not include_deleted:
-            query = query.where(Endpoint.state != "deleted")
-        if cluster_id is not None:
-            query = query.where(Endpoint.cluster_id == cluster_id)
         with self._db.session() as session:
-            return list(session.scalars(query.order_by(Endpoint.created_at, Endpoint.id)))
+            return repo.list_endpoints(session, principal, include_deleted=include_deleted, cluster_id=cluster_id)
 
     def get(self, principal: Principal, endpoint_id: str) -> Endpoint:
         """The caller's endpoint (a deleted one too, in state ``deleted``).
@@ -276,7 +174,7 @@ class EndpointService:
             NotFound: No such endpoint in the caller's tenancy.
         """
         with self._db.session() as session:
-            return scoped_endpoint(session, principal, endpoint_id)
+            return repo.get_endpoint(session, principal, endpoint_id)
 
     def update(self, principal: Principal, endpoint_id: str, body: EndpointUpdate) -> Endpoint:
         """Rename or describe an active endpoint (``active`` → ``updating`` → ``active``).
@@ -288,12 +186,12 @@ class EndpointService:
         """
         if body.name is None and body.description is None:
             raise InvalidInput("give at least one of name, description", param="name")
-        with locked(self._db, principal.tenancy_id) as session:
-            row = scoped_endpoint(session, principal, endpoint_id)
+        with repo.locked(self._db, principal.tenancy_id) as session:
+            row = repo.get_endpoint(session, principal, endpoint_id)
             what = f"endpoint {row.id!r}"
             row.state = move(ENDPOINT_MOVES, what, row.state, "updating")
             if body.name is not None and body.name != row.name:
-                self._name_free(session, principal, body.name, other_than=row.id)
+                repo.require_free_name(session, principal, Endpoint, body.name, other_than=row.id)
                 row.name = body.name
             if body.description is not None:
                 row.description = body.description
@@ -309,15 +207,15 @@ class EndpointService:
             NotFound: No such endpoint in the caller's tenancy.
             Conflict: Already deleted (or being deleted).
         """
-        with locked(self._db, principal.tenancy_id) as session:
-            row = scoped_endpoint(session, principal, endpoint_id)
+        with repo.locked(self._db, principal.tenancy_id) as session:
+            row = repo.get_endpoint(session, principal, endpoint_id)
             row.state = move(ENDPOINT_MOVES, f"endpoint {row.id!r}", row.state, "deleting")
             row.updated_at = utcnow()
             session.flush()
             others = 0
             if row.custom_model_id:
-                others = len([e for e in hosting(session, principal, row.custom_model_id,
-                                                 states=ENDPOINTS_HOLDING_CAPACITY) if e.id != row.id])
+                others = len([e for e in repo.endpoints_of(session, principal, row.custom_model_id,
+                                                           states=repo.ENDPOINTS_HOLDING_CAPACITY) if e.id != row.id])
         if row.custom_model_id and not others:
             self.host.release(row.custom_model_id)
         return self._settle(principal, row.id, "deleted")
@@ -339,22 +237,11 @@ class EndpointService:
     def hosted(self, principal: Principal, custom_model_id: str) -> Endpoint | None:
         """An active endpoint of the custom model, if it has one."""
         with self._db.session() as session:
-            found = hosting(session, principal, custom_model_id)
+            found = repo.endpoints_of(session, principal, custom_model_id)
         return found[0] if found else None
 
     def hosted_models(self, principal: Principal) -> set[str]:
         """Ids of the tenancy's custom models with an active endpoint."""
-        query = select(Endpoint.custom_model_id).where(
-            Endpoint.tenancy_id == principal.tenancy_id, Endpoint.state == "active",
-            Endpoint.custom_model_id.is_not(None),
-        ).group_by(Endpoint.custom_model_id)  # fmt: skip
         with self._db.session() as session:
-            return {found for found in session.scalars(query)}
+            return repo.hosted_custom_models(session, principal)
 
-
-def live_endpoints_of(session: Session, custom_model_id: str) -> int:
-    """Endpoints (of any state but deleted or failed) serving a custom model."""
-    query = select(func.count()).select_from(Endpoint).where(
-        Endpoint.custom_model_id == custom_model_id, Endpoint.state.in_(ENDPOINTS_HOLDING_CAPACITY)
-    )
-    return int(session.scalar(query) or 0)

@@ -33,19 +33,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from atelier.catalog import Catalog, ModelSpec
 from atelier.cloud.clusters import ADMISSION, ClusterService
-from atelier.cloud.units import UnitTable
+from atelier.cloud.custom_models import custom_model_name
 from atelier.errors import Conflict, InvalidInput, NotFound
-from atelier.jobs.queue import JobQueue
 from atelier.principal import Principal
 from atelier.store.db import Database
 from atelier.store.files import FileStore
+from atelier.store.jobs import JobQueue
 from atelier.store.tables import NAME_LENGTH, Cluster, Job, JobEvent
 from atelier.tuning.config import TuneConfig
 from atelier.tuning.data import validate
@@ -53,6 +52,22 @@ from atelier.tuning.data import validate
 KIND = "fine-tune"
 """The job kind of a fine-tuning job (the worker's handler is registered under it)."""
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+FILE_FIELDS = (("training_file", 10), ("validation_file", 1))
+"""The request's file fields, with the fewest examples each must hold."""
+
+
+def _training_config_schema() -> dict[str, Any]:
+    """``TuneConfig``'s JSON schema with every field optional: what ``training_config`` accepts."""
+    schema = TuneConfig.model_json_schema()
+    schema.pop("required", None)
+    schema["description"] = ("Atelier's training settings, OCI's names (every field optional; defaults as shown, "
+                             "some depending on `type`).")
+    return schema
+
+
+TrainingConfigIn = Annotated[dict[str, Any] | None, WithJsonSchema(_training_config_schema())]
+"""``training_config`` in a request: validated by ``TuneConfig.from_request`` (which also maps OpenAI's
+names and names the offending field), documented in the OpenAPI schema as ``TuneConfig``."""
 
 
 class JobRequest(BaseModel):
@@ -76,12 +91,15 @@ class JobRequest(BaseModel):
         None, max_length=40, description="Up to 40 of `A-Z a-z 0-9 _ -`, added to the custom model's name."
     )
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Seed of initialisation, data order and dropout.")
-    training_config: dict[str, Any] | None = Field(
+    training_config: TrainingConfigIn = Field(
         None, description="Atelier's settings, OCI's names: `type` lora|tfew, `total_training_epochs`, `lora_r`..."
     )
     cluster_id: str | None = Field(
         None, max_length=100,
         description="The fine-tuning cluster to run on; default: any active one of the model with free units.",
+    )
+    compartment: str | None = Field(
+        None, min_length=1, max_length=1000, description="Compartment id or path (`eng:ml`); default the root."
     )
     metadata: dict[str, str] | None = Field(None, description="Accepted for OpenAI's clients; stored with the job.")
     integrations: list[Any] | None = Field(None, description="Accepted for OpenAI's clients; must be empty or null.")
@@ -114,11 +132,6 @@ def _hyperparameters(body: JobRequest) -> dict[str, Any] | None:
     return nested if nested is not None else body.hyperparameters
 
 
-def custom_model_name(base: str, suffix: str | None, job_id: str) -> str:
-    """``ft:<base>:<suffix>:<job id>`` (or ``ft:<base>:<job id>``), unique in the tenancy."""
-    return f"ft:{base}:{suffix}:{job_id}" if suffix else f"ft:{base}:{job_id}"
-
-
 def openai_hyperparameters(config: TuneConfig) -> dict[str, Any]:
     """The resolved settings under OpenAI's names (what ``FineTuningJob.hyperparameters`` shows)."""
     return {
@@ -136,21 +149,21 @@ class FineTuningService:
         files: The tenancy-scoped file store (training data).
         catalog: The base models.
         tokenizer: ``tokenizer(model name)`` → the base model's tokenizer (the engine's).
-        queue: The job queue; default ``JobQueue(db)``.
-        clusters: The cluster service (where a job may run); default one over the bundled unit table.
+        queue: The job queue.
+        clusters: The cluster service (where a job may run).
     """
 
     def __init__(self, db: Database, files: FileStore, catalog: Catalog, tokenizer: Callable[[str], Any],
-                 queue: JobQueue | None = None, clusters: ClusterService | None = None):
+                 queue: JobQueue, clusters: ClusterService):
         self._db = db
         self._files = files
         self._catalog = catalog
         self._tokenizer = tokenizer
-        self.queue = queue or JobQueue(db)
-        self.clusters = clusters or ClusterService(db, catalog, UnitTable.load())
+        self.queue = queue
+        self.clusters = clusters
 
     def create(self, principal: Principal, body: JobRequest, *, idempotency_key: str | None = None,
-               may_use: Callable[[Cluster], bool] = lambda cluster: True) -> Job:
+               may_use: Callable[[Cluster], bool] = lambda cluster: True, compartment_id: str | None = None) -> Job:
         """Validate the request and its files, admit it on a cluster, then queue the job (or fail it
         with the file's problems).
 
@@ -159,6 +172,7 @@ class FineTuningService:
             body: The request.
             idempotency_key: The ``Idempotency-Key`` header, if any.
             may_use: ``may_use(cluster)`` → whether the caller's policies let it use that cluster.
+            compartment_id: The compartment the job (and its custom model) goes into; None: the root.
 
         Returns:
             The job: ``queued``, or ``failed`` with every problem of the files by line.
@@ -183,7 +197,7 @@ class FineTuningService:
             raise InvalidInput("the model name and suffix are too long for a custom model name", param="suffix")
         if body.integrations:
             raise InvalidInput("integrations are not supported", param="integrations")
-        for param in ("training_file", "validation_file"):
+        for param, _ in FILE_FIELDS:
             file_id = getattr(body, param)
             if file_id is not None:
                 try:
@@ -205,7 +219,7 @@ class FineTuningService:
             "cluster_id": body.cluster_id,
             "metadata": body.metadata,
         }
-        job = self._admit(principal, spec, payload, idempotency_key, may_use)
+        job = self._admit(principal, spec, payload, idempotency_key, may_use, compartment_id)
         if job.state != "validating_files":
             return job
         problems = self.check_files(principal, payload, config)
@@ -217,26 +231,15 @@ class FineTuningService:
             return self.queue.get(principal, job.id)
 
     def _admit(self, principal: Principal, spec: ModelSpec, payload: dict[str, Any], idempotency_key: str | None,
-               may_use: Callable[[Cluster], bool]) -> Job:
+               may_use: Callable[[Cluster], bool], compartment_id: str | None) -> Job:
         """Submit the job on the cluster it runs on (or return the one submitted with this key)."""
-        if idempotency_key is not None and self._by_key(principal, idempotency_key):
-            return self.queue.submit(principal, KIND, payload, idempotency_key=idempotency_key,
-                                     state="validating_files")  # the same job, or Conflict for another request
+        submit = dict(idempotency_key=idempotency_key, state="validating_files", compartment_id=compartment_id)
+        if idempotency_key is not None and self.queue.by_key(principal, idempotency_key) is not None:
+            return self.queue.submit(principal, KIND, payload, **submit)  # the same job, or Conflict for another
         with ADMISSION:
             with self._db.session() as session:
                 cluster = self.clusters.admit_job(session, principal, spec, payload["cluster_id"], may_use)
-            job = self.queue.submit(principal, KIND, payload, idempotency_key=idempotency_key,
-                                    state="validating_files")
-            if job.cluster_id is None:
-                with self._db.session() as session:
-                    session.get(Job, job.id).cluster_id = cluster.id
-                job.cluster_id = cluster.id
-        return job
-
-    def _by_key(self, principal: Principal, key: str) -> bool:
-        query = select(Job.id).where(Job.tenancy_id == principal.tenancy_id, Job.idempotency_key == key)
-        with self._db.session() as session:
-            return session.scalar(query) is not None
+            return self.queue.submit(principal, KIND, payload, cluster_id=cluster.id, **submit)
 
     def check_files(self, principal: Principal, payload: dict[str, Any], config: TuneConfig) -> str | None:
         """Every problem of the job's files by line (None when they can be trained on).
@@ -247,7 +250,7 @@ class FineTuningService:
         spec = self._catalog.get(payload["model"], kind="chat")
         tokenizer = self._tokenizer(spec.name)
         messages = []
-        for param, least in (("training_file", 10), ("validation_file", 1)):
+        for param, least in FILE_FIELDS:
             if payload.get(param) is None:
                 continue
             data = self._files.file_content(principal, payload[param])
@@ -268,16 +271,31 @@ class FineTuningService:
             raise NotFound(f"fine-tuning job {job_id!r} not found")
         return job
 
-    def list(self, principal: Principal, *, after: str | None = None, limit: int = 20) -> list[Job]:
-        """The caller's fine-tuning jobs, newest first (``after``: the previous page's last id).
+    def list(self, principal: Principal, *, after: str | None = None, limit: int = 20,
+             keep: Callable[[list[Job]], list[Job]] = lambda jobs: jobs) -> tuple[list[Job], bool]:
+        """A page of the caller's fine-tuning jobs, newest first, and whether more follow.
+
+        Args:
+            principal: The caller.
+            after: The previous page's last id; None for the first page.
+            limit: Most jobs, 1 to 100.
+            keep: Which jobs the caller may see (its policies); pages are filled with those only.
 
         Raises:
             InvalidInput: Bad limit, or ``after`` not a job of the caller (``param="after"``).
         """
-        try:
-            return self.queue.list(principal, kind=KIND, after=after, limit=limit)
-        except NotFound:
-            raise InvalidInput(f"job {after!r} is not in this listing", param="after") from None
+        found: list[Job] = []
+        cursor = after
+        while len(found) <= limit:
+            try:
+                page = self.queue.list(principal, kind=KIND, after=cursor, limit=100)
+            except NotFound:
+                raise InvalidInput(f"job {cursor!r} is not in this listing", param="after") from None
+            found += keep(page)
+            if len(page) < 100:
+                break
+            cursor = page[-1].id
+        return found[:limit], len(found) > limit
 
     def cancel(self, principal: Principal, job_id: str) -> Job:
         """Cancel the caller's job (at once when waiting, within seconds when running).
@@ -318,8 +336,7 @@ class FineTuningService:
         if isinstance(limit, bool) or not 1 <= limit <= 100:
             raise InvalidInput("limit must be an integer from 1 to 100", param="limit")
         self.get(principal, job_id)
-        with self._db.session() as session:
-            rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        rows = self.queue.history(principal, job_id)
         metrics: dict[int, dict[str, Any]] = {}
         saved: dict[int, JobEvent] = {}
         for row in rows:

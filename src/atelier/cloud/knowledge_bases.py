@@ -35,8 +35,7 @@ from sqlalchemy.exc import IntegrityError
 
 from atelier.catalog import Catalog
 from atelier.errors import Conflict, InvalidInput, NotFound
-from atelier.jobs.kb_ingest import KIND
-from atelier.jobs.queue import JobQueue
+from atelier.store.jobs import JobQueue
 from atelier.principal import Principal
 from atelier.rag.indexing import Filter, Hit, Scope, VectorStore
 from atelier.rag.loaders import CONTENT_TYPES
@@ -53,6 +52,8 @@ log = logging.getLogger(__name__)
 DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
 """Embeds French questions and English documents in one space."""
 OBJECT_KIND = "document"
+INGEST_KIND = "kb-ingest"
+"""The job kind that ingests a document (the worker's handler: ``jobs/kb_ingest.py``)."""
 MAX_QUERY_CHARS = 8000
 MAX_TOP_K = 50
 
@@ -267,8 +268,8 @@ class KnowledgeBaseService:
                     return Upload(same, created=False)
             raise
         try:
-            job = self._queue.submit(principal, KIND, {"document_id": row.id, "knowledge_base_id": kb.id},
-                                     idempotency_key=f"{KIND}:{row.id}", compartment_id=kb.compartment_id)
+            job = self._queue.submit(principal, INGEST_KIND, {"document_id": row.id, "knowledge_base_id": kb.id},
+                                     idempotency_key=f"{INGEST_KIND}:{row.id}", compartment_id=kb.compartment_id)
         except BaseException:
             with suppress(Exception):
                 self._remove_documents(principal, kb_id, [row.id])

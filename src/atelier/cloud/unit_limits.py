@@ -11,23 +11,17 @@ many are used and what the limit is. Knows nothing about HTTP.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from atelier.cloud.units import UnitTable
 from atelier.errors import Conflict, InvalidInput
-from atelier.store.tables import Cluster, TenancyUnitLimit, utcnow
-
-HOLDING = ("creating", "active", "updating", "needs_attention", "deleting")
-"""Cluster states whose units count against the tenancy's limit."""
+from atelier.store import clusters as repo
+from atelier.store.clusters import units_in_use
 
 
 def unit_limits(session: Session, tenancy_id: str, table: UnitTable) -> dict[str, int]:
     """The tenancy's limit for every unit type of the table (0 where none was set)."""
-    stored = {
-        row.unit_type: row.units
-        for row in session.scalars(select(TenancyUnitLimit).where(TenancyUnitLimit.tenancy_id == tenancy_id))
-    }
+    stored = repo.stored_unit_limits(session, tenancy_id)
     return {name: stored.get(name, 0) for name in table.names()}
 
 
@@ -49,23 +43,9 @@ def set_unit_limits(session: Session, tenancy_id: str, units: dict[str, int], ta
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
             raise InvalidInput("a unit limit is an integer from 0 to 1000", param=f"units.{name}")
     for name, count in units.items():
-        row = session.get(TenancyUnitLimit, (tenancy_id, name))
-        if row is None:
-            session.add(TenancyUnitLimit(tenancy_id=tenancy_id, unit_type=name, units=count, updated_at=utcnow()))
-        else:
-            row.units, row.updated_at = count, utcnow()
+        repo.store_unit_limit(session, tenancy_id, name, count)
     session.flush()
     return unit_limits(session, tenancy_id, table)
-
-
-def units_in_use(session: Session, tenancy_id: str) -> dict[str, int]:
-    """Units held by the tenancy's clusters, by unit type (types with none are absent)."""
-    query = (
-        select(Cluster.unit_type, func.sum(Cluster.unit_count))
-        .where(Cluster.tenancy_id == tenancy_id, Cluster.state.in_(HOLDING))
-        .group_by(Cluster.unit_type)
-    )
-    return {name: int(total or 0) for name, total in session.execute(query)}
 
 
 def require_units(session: Session, tenancy_id: str, table: UnitTable, unit_type: str, more: int,

@@ -10,9 +10,10 @@ Runs in a worker process. For one job it:
    private work directory (0700), which resumes from the last complete checkpoint after a
    worker crash; metric and checkpoint events are forwarded to the job's events, once per
    step (a resumed run re-sends the events after its checkpoint; those are dropped);
-3. packs the adapter, seals it in the object store (kind ``adapter``, owner the job's
-   tenancy) and records the ``CustomModel``; both have ids derived from the job's, so a
-   worker that dies between the two steps is resumed without duplicates.
+3. packs the adapter and records the custom model through the same service the API reads
+   it with (``cloud.custom_models.CustomModelService.record``: sealed adapter, ids and name
+   derived from the job's, so a worker that dies between the two steps is resumed without
+   duplicates).
 
 The job's result is ``{"fine_tuned_model": <custom model id>, ...}``.
 """
@@ -25,20 +26,23 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
-
 from atelier.catalog import Catalog, ModelSpec
-from atelier.errors import InvalidInput
+from atelier.cloud.custom_models import CustomModelService
+from atelier.cloud.fine_tuning import KIND
+from atelier.errors import InvalidInput, NotFound
 from atelier.jobs.worker import JobContext, JobStopped
 from atelier.store.db import Database
+from atelier.store.files import FileStore
+from atelier.store.jobs import JobQueue
 from atelier.store.objects import ObjectStore
-from atelier.store.tables import CustomModel, File, JobEvent, utcnow
+from atelier.store.tables import CustomModel
 from atelier.tuning.config import TuneConfig
 from atelier.tuning.data import load_examples, split_examples
 
 log = logging.getLogger(__name__)
 
-KIND = "fine-tune"
+__all__ = ["KIND", "FineTuneHandler", "build_fine_tune"]
+
 FORWARDED = ("metrics", "checkpoint", "early_stopped", "resumed")
 """Recipe events recorded as job events (``resumed``: the checkpoint step an attempt continues from)."""
 
@@ -75,8 +79,8 @@ class FineTuneHandler:
     """The handler of ``fine-tune`` jobs (see the module docstring).
 
     Args:
-        db: The metadata database (files, events, custom models).
-        objects: The sealed object store.
+        db: The metadata database (files, the job's events, custom models).
+        objects: The sealed object store (training data in, the adapter out).
         catalog: The base models.
         load_model: Loads a base model for training (fresh for each job: training wraps it).
         load_tokenizer: Loads a base model's tokenizer (files are validated before the model loads).
@@ -85,8 +89,9 @@ class FineTuneHandler:
 
     def __init__(self, db: Database, objects: ObjectStore, catalog: Catalog, load_model: ModelLoader,
                  load_tokenizer: TokenizerLoader, device: str | None = None):
-        self._db = db
-        self._objects = objects
+        self._files = FileStore(db, objects)
+        self._jobs = JobQueue(db)
+        self._custom_models = CustomModelService(db, objects)
         self._catalog = catalog
         self._load_model = load_model
         self._load_tokenizer = load_tokenizer
@@ -103,7 +108,7 @@ class FineTuneHandler:
         os.chmod(ctx.workdir, 0o700)
         spec = self._catalog.get(payload["model"], kind="chat")
         config = TuneConfig.model_validate(payload["training_config"])
-        existing = self._custom_model(job.id)
+        existing = self._custom_models.of_job(job.tenancy_id, job.id)
         if existing is not None:  # a previous attempt finished everything but the job's row
             return self._result(existing, trained_tokens=None)
         train_bytes = self._file(job.tenancy_id, payload["training_file"])
@@ -122,7 +127,7 @@ class FineTuneHandler:
         loaded = self._load_model(spec)
         ctx.emit(f"training {config.type} on {len(train)} examples ({len(val)} for validation)",
                  {"type": "message", "train_examples": len(train), "validation_examples": len(val)})
-        seen = self._seen(job.id)
+        seen = self._seen(job.tenancy_id, job.id)
 
         def forward(event: dict[str, Any]) -> None:
             kind, step = event.get("type"), event.get("step")
@@ -145,47 +150,29 @@ class FineTuneHandler:
     # ------------------------------------------------------------ pieces
 
     def _file(self, tenancy_id: str, file_id: str) -> bytes:
-        with self._db.session() as session:
-            row = session.get(File, file_id)
-            if row is None or row.tenancy_id != tenancy_id:
-                raise InvalidInput(f"file {file_id!r} was deleted before training", param="training_file")
-            object_id = row.object_id
-        return self._objects.get(tenancy_id, object_id)
+        try:
+            return self._files.file_content(tenancy_id, file_id)
+        except NotFound:
+            raise InvalidInput(f"file {file_id!r} was deleted before training", param="training_file") from None
 
-    def _seen(self, job_id: str) -> set[tuple[str, int]]:
+    def _seen(self, tenancy_id: str, job_id: str) -> set[tuple[str, int]]:
         """The (type, step) of the recipe events already recorded for this job."""
-        with self._db.session() as session:
-            rows = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id))
-            return {(d.get("type"), d.get("step")) for d in rows if isinstance(d, dict) and d.get("type") in FORWARDED}
-
-    def _custom_model(self, job_id: str) -> CustomModel | None:
-        with self._db.session() as session:
-            return session.scalar(select(CustomModel).where(CustomModel.job_id == job_id))
+        return {(e.data.get("type"), e.data.get("step")) for e in self._jobs.history(tenancy_id, job_id)
+                if isinstance(e.data, dict) and e.data.get("type") in FORWARDED}
 
     def _store(self, ctx: JobContext, spec: ModelSpec, config: TuneConfig, result) -> CustomModel:
-        """Seal the adapter and record the custom model (ids derived from the job's: idempotent)."""
+        """Record the custom model (idempotent: its ids derive from the job's)."""
         from atelier.tuning.export import pack_adapter
 
-        job = ctx.job
-        suffix = job.id.removeprefix("job_")
-        object_id = f"adp_{suffix}"
-        if not self._objects.exists(job.tenancy_id, object_id):
-            self._objects.put(job.tenancy_id, "adapter", pack_adapter(result.adapter_dir), object_id=object_id)
-        name_suffix = job.payload.get("suffix")
-        name = f"ft:{spec.name}:{name_suffix}:{job.id}" if name_suffix else f"ft:{spec.name}:{job.id}"
         metrics = {**result.final_metrics, "trainable_fraction": result.trainable_fraction,
                    "steps": result.steps, "stopped_early": result.stopped_early, "best_step": result.best_step,
                    "training_config": config.model_dump(mode="json")}
-        row = CustomModel(
-            id=f"cm_{suffix}", tenancy_id=job.tenancy_id, compartment_id=job.compartment_id, name=name,
-            base_model=spec.name, method=config.type, job_id=job.id, adapter_object_id=object_id,
+        row = self._custom_models.record(
+            ctx.job, base_model=spec.name, method=config.type, adapter=pack_adapter(result.adapter_dir),
             trainable_params=result.trainable_params, total_params=result.total_params,
             metrics=json.loads(json.dumps(metrics)), curve=json.loads(json.dumps(result.curve)),
-            state="active", created_at=utcnow(),
         )  # fmt: skip
-        with self._db.session() as session:
-            session.add(row)
-        ctx.emit(f"custom model {row.id} ({name}) created", {"type": "message", "fine_tuned_model": row.id})
+        ctx.emit(f"custom model {row.id} ({row.name}) created", {"type": "message", "fine_tuned_model": row.id})
         return row
 
     @staticmethod
@@ -201,16 +188,13 @@ class FineTuneHandler:
         }
 
 
-def build_fine_tune(settings, db: Database) -> FineTuneHandler:
-    """The handler as a worker of this service runs it: sealed store, catalog and model loading from settings."""
+def build_fine_tune(settings, db: Database, objects: ObjectStore) -> FineTuneHandler:
+    """The handler as a worker of this service runs it: stores, catalog and model loading from settings."""
     import torch
 
     from atelier.engine.loading import load_chat_model, load_tokenizer
-    from atelier.security.crypto import KeyManager, RootKey
-    from atelier.store.objects import LocalObjectStore
 
     torch.set_num_threads(settings.threads)
-    objects = LocalObjectStore(settings.data_path / "objects", KeyManager(db, RootKey.from_settings(settings)), db)
     catalog = Catalog.load(settings.catalog_file)
 
     def load(spec: ModelSpec):

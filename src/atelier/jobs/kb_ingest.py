@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from atelier.catalog import Catalog, ModelSpec
+from atelier.cloud.knowledge_bases import INGEST_KIND as KIND
 from atelier.jobs.worker import JobContext, JobStopped, one_line
 from atelier.rag.chunking import chunk
 from atelier.rag.indexing import StoredChunk, VectorStore, chunk_id
@@ -39,7 +40,6 @@ from atelier.store.tables import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
-KIND = "kb-ingest"
 BATCH = 64
 """Chunks embedded and added per step (one progress event each)."""
 
@@ -149,14 +149,11 @@ class KbIngestHandler:
         return len(extracted.text), total
 
 
-def build_kb_ingest(settings, db: Database) -> KbIngestHandler:
+def build_kb_ingest(settings, db: Database, objects: ObjectStore) -> KbIngestHandler:
     """The handler as a worker of this service runs it; repairs the vector store first (see the module docstring)."""
     from atelier.engine.embedding import Embedder
-    from atelier.security.crypto import KeyManager, RootKey
-    from atelier.store.objects import LocalObjectStore
     from atelier.store.vectors import open_vector_store
 
-    objects = LocalObjectStore(settings.data_path / "objects", KeyManager(db, RootKey.from_settings(settings)), db)
     vectors = open_vector_store(settings, db)
     repaired = repo.repair(db, vectors, objects)
     if repaired != repo.Repaired():

@@ -26,13 +26,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from atelier.errors import AtelierError, InvalidInput
-from atelier.jobs.queue import JobQueue
+from atelier.store.jobs import JobQueue
 from atelier.store.db import Database
 from atelier.store.tables import Job
 
@@ -318,24 +319,27 @@ def run_worker_process(
     lease_seconds: float = 30.0,
     poll_seconds: float = 1.0,
     parent_pid: int | None = None,
+    handlers: Callable[[Settings, Database], dict[str, Handler]] | None = None,
 ) -> int:
-    """What ``atelier worker`` runs: migrate, then run the registered handlers until a signal.
+    """What ``atelier worker`` runs: migrate, then run the handlers until a signal.
 
     SIGTERM or Ctrl+C stops cleanly (the running job goes back to the queue); a second one
     quits at once (the job's lease then expires and another worker resumes it). With
-    ``parent_pid``, the worker also stops when that process is gone.
+    ``parent_pid``, the worker also stops when that process is gone. ``handlers(settings, db)``
+    builds the kinds it runs (default: the service's, ``jobs.handlers.build_handlers``).
 
     Returns:
         The exit status: 0 after a clean stop, 130 after a second signal.
     """
-    from atelier.jobs.handlers import build_handlers  # handlers may import heavy libraries
+    if handlers is None:
+        from atelier.jobs.handlers import build_handlers as handlers  # handlers may import heavy libraries
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = Database.from_settings(settings)
     try:
         db.migrate()
-        worker = Worker(db, build_handlers(settings, db), worker_id, lease_seconds, poll_seconds,
+        worker = Worker(db, handlers(settings, db), worker_id, lease_seconds, poll_seconds,
                         data_dir=settings.data_path)
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -367,13 +371,15 @@ def _stop_when_orphaned(worker: Worker, parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def start_worker_processes(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+def start_worker_processes(settings: Settings, count: int,
+                           command: list[str] | None = None) -> list[subprocess.Popen[bytes]]:
     """Start ``count`` ``atelier worker`` processes for the service (what ``serve --workers`` does).
 
     The database is migrated first, so the workers and the HTTP service do not race to
     create it. The workers inherit the environment (``ATELIER_*``) and get the data dir as
     a flag; they stop by themselves if this process dies, and are out of the terminal's
-    process group (Ctrl+C reaches the service, which stops them).
+    process group (Ctrl+C reaches the service, which stops them). ``command`` replaces
+    ``python -m atelier worker`` (tests run workers of their own job kinds).
 
     Returns:
         The processes, for ``stop_worker_processes``.
@@ -386,7 +392,7 @@ def start_worker_processes(settings: Settings, count: int) -> list[subprocess.Po
         db.migrate()
     finally:
         db.dispose()
-    command = [sys.executable, "-m", "atelier", "worker", "--data-dir", str(settings.data_path),
+    command = [*(command or [sys.executable, "-m", "atelier", "worker"]), "--data-dir", str(settings.data_path),
                "--parent-pid", str(os.getpid())]
     return [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
 

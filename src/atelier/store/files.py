@@ -138,7 +138,7 @@ class FileStore:
             raise
         return row
 
-    def get_file(self, principal: Principal, file_id: str) -> File:
+    def get_file(self, principal: Principal | str, file_id: str) -> File:
         """The file with this id.
 
         Raises:
@@ -155,7 +155,7 @@ class FileStore:
         with self._db.session() as session:
             return list(session.scalars(query.order_by(File.created_at, File.id)))
 
-    def file_content(self, principal: Principal, file_id: str) -> bytes:
+    def file_content(self, principal: Principal | str, file_id: str) -> bytes:
         """The file's bytes, opened from the sealed object.
 
         Raises:
@@ -187,7 +187,7 @@ class FileStore:
             self._objects.delete(principal, row.object_id)
         return row
 
-    def _exists(self, principal: Principal, file_id: str) -> bool:
+    def _exists(self, principal: Principal | str, file_id: str) -> bool:
         try:
             self.get_file(principal, file_id)
         except NotFound:
@@ -195,9 +195,11 @@ class FileStore:
         return True
 
 
-def _scoped(session: Session, principal: Principal, file_id: str) -> File:
-    """The file ``file_id`` of the caller's tenancy; NotFound for a missing or foreign one."""
+def _scoped(session: Session, owner: Principal | str, file_id: str) -> File:
+    """The file ``file_id`` of the owner's tenancy (the caller's, or a worker's job's); NotFound for a
+    missing or foreign one."""
+    tenancy_id = owner.tenancy_id if isinstance(owner, Principal) else owner
     row = session.get(File, file_id) if isinstance(file_id, str) and file_id else None
-    if row is None or row.tenancy_id != principal.tenancy_id:
+    if row is None or row.tenancy_id != tenancy_id:
         raise NotFound(f"file {file_id!r} not found")
     return row

@@ -171,6 +171,20 @@ def compartment_path(session: Session, principal: Principal, compartment_id: str
     return tuple(reversed(names))
 
 
+def compartment_paths(session: Session, principal: Principal) -> dict[str | None, tuple[str, ...]]:
+    """Every compartment's path from the tenancy root, by id (``None``: the root itself), in one query."""
+    rows = {row.id: row for row in list_compartments(session, principal)}
+    paths: dict[str | None, tuple[str, ...]] = {None: ()}
+    for row in rows.values():
+        names, current, seen = [], row, set()
+        while current is not None and current.id not in seen:
+            seen.add(current.id)
+            names.append(current.name)
+            current = rows.get(current.parent_id) if current.parent_id else None
+        paths[row.id] = tuple(reversed(names))
+    return paths
+
+
 def resolve_compartment(session: Session, principal: Principal, ref: str) -> Compartment:
     """The compartment named by an id (``cmp_…``) or a path from the root (``eng:ml``).
 

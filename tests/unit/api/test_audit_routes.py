@@ -18,12 +18,12 @@ KEYS_POLICY = "allow group Administrators to manage keys in tenancy"
 
 @pytest.fixture(scope="module")
 def db(app, client):
-    return app.state.db
+    return app.state.services.db
 
 
 @pytest.fixture(scope="module")
 def log(app, client):
-    return app.state.audit.log
+    return app.state.services.audit.log
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_refusal_leaves_a_deny_decision_and_its_status(app, db, log):
     decision, outcome = entries_of(log, response)
     assert decision.decision == "deny" and decision.tenancy_id == tenancy_id and decision.statement is None
     assert (outcome.status, outcome.outcome) == (403, "error")
-    assert app.state.keys.current_version(tenancy_id) is None  # nothing was done
+    assert app.state.services.keys.current_version(tenancy_id) is None  # nothing was done
 
 
 def test_a_bad_body_without_a_key_is_logged_with_the_route_template(anon, log):
@@ -145,7 +145,7 @@ def test_a_streamed_chat_gets_its_outcome_once_the_stream_ends(client, log):
 
 
 def test_a_log_that_cannot_be_written_refuses_the_request_before_any_work(app, client, log, home, monkeypatch):
-    before = app.state.keys.current_version(home)
+    before = app.state.services.keys.current_version(home)
 
     def broken(event):
         raise Unavailable("disk full")
@@ -154,7 +154,7 @@ def test_a_log_that_cannot_be_written_refuses_the_request_before_any_work(app, c
     response = client.post("/v1/key-ring/rotate")
     assert response.status_code == 503 and response.headers["retry-after"]
     assert "audit log" in response.json()["error"]["message"]
-    assert app.state.keys.current_version(home) == before
+    assert app.state.services.keys.current_version(home) == before
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
     response = client.post("/v1/chat/completions", json=chat)
     assert response.status_code == 503
@@ -215,7 +215,7 @@ def test_verify_is_for_the_operator(client, other):
 
 
 def test_key_ring_show_rotate_rewrap_retire(app, client, home):
-    objects = app.state.objects
+    objects = app.state.services.objects
     stored = [objects.put(home, "dataset", f"row {i}".encode()) for i in range(3)]
     ring = client.get("/v1/key-ring").json()
     current = ring["current_version"]
@@ -254,7 +254,7 @@ def test_key_ring_without_a_policy_and_before_the_first_object(app, db):
     with db.session() as session:
         session.add(Policy(id=new_id("pol"), tenancy_id=tenancy_id, name="keys", statements=KEYS_POLICY,
                            created_at=utcnow(), updated_at=utcnow()))  # fmt: skip
-    if app.state.keys.current_version(tenancy_id) is None:
+    if app.state.services.keys.current_version(tenancy_id) is None:
         ring = admin.get("/v1/key-ring").json()
         assert (ring["current_version"], ring["versions"]) == (None, [])
         assert admin.post("/v1/key-ring/retire", json={"below": 1}).status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 from fastapi import FastAPI, Request
@@ -29,12 +30,12 @@ def log(tmp_path):
 @pytest.fixture
 def client(log):
     app = FastAPI()
-    app.state.audit = AuditTrail(log)
+    app.state.services = SimpleNamespace(audit=AuditTrail(log))  # the one part the middleware reads
 
     def decide(request: Request) -> None:
         request.state.route_template = request.scope["route"].path
         request.state.principal = PRINCIPAL
-        app.state.audit.record_decision(request, PRINCIPAL, decision="allow", statement=None, outcome="test")
+        app.state.services.audit.record_decision(request, PRINCIPAL, decision="allow", statement=None, outcome="test")
 
     @app.get("/v1/things/{thing_id}/parts/{part}")
     def read(thing_id: str, part: str, request: Request) -> dict:

@@ -34,10 +34,10 @@ def packed(tmp_path_factory) -> bytes:
 
 def add_custom_model(app, tenancy_id: str, packed: bytes, name: str, base: str = "tiny") -> str:
     """A custom model row and its sealed adapter, as a finished fine-tuning job leaves them."""
-    ref = app.state.objects.put(tenancy_id, "adapter", packed)
+    ref = app.state.services.objects.put(tenancy_id, "adapter", packed)
     row = CustomModel(tenancy_id=tenancy_id, name=name, base_model=base, method="lora", adapter_object_id=ref.id,
                       trainable_params=1, total_params=10, metrics={}, curve=[])
-    with app.state.db.session() as session:
+    with app.state.services.db.session() as session:
         session.add(row)
         session.flush()
         return row.id

@@ -63,12 +63,12 @@ def test_round_trip(client, app):
     assert content.status_code == 200 and content.content == data
     assert content.headers["content-type"] == "application/octet-stream"
 
-    with app.state.db.session() as session:
+    with app.state.services.db.session() as session:
         row = session.get(File, file_id)
         object_id, tenancy_id = row.object_id, row.tenancy_id
-    assert app.state.objects.head(tenancy_id, object_id).kind == "file"
+    assert app.state.services.objects.head(tenancy_id, object_id).kind == "file"
     assert client.delete(f"/v1/files/{file_id}").json() == {"id": file_id, "object": "file", "deleted": True}
-    assert not app.state.objects.exists(tenancy_id, object_id)  # the sealed bytes went too
+    assert not app.state.services.objects.exists(tenancy_id, object_id)  # the sealed bytes went too
     for path in (f"/v1/files/{file_id}", f"/v1/files/{file_id}/content"):
         assert client.get(path).status_code == 404
     assert client.delete(f"/v1/files/{file_id}").status_code == 404
@@ -132,7 +132,7 @@ def test_size_limits(client, make_app, check_error):
         check_error(upload(http, b"y" * 200_000), 413)  # refused by the body limit before reading
         big_chat = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 2000}]}
         check_error(http.post("/v1/chat/completions", json=big_chat), 413)
-        with app.state.db.session() as session:  # nothing of the refused uploads was kept
+        with app.state.services.db.session() as session:  # nothing of the refused uploads was kept
             assert session.scalar(select(func.count()).select_from(File)) == 1
             assert session.scalar(select(func.count()).select_from(StoredObject)) == 1
         assert http.get(f"/v1/files/{ok.json()['id']}/content").content == b"y" * 4096

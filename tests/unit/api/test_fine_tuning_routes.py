@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from atelier.engine.loading import tiny_loaded
 from atelier.errors import InvalidInput
 from atelier.jobs.fine_tune import KIND, FineTuneHandler
-from atelier.jobs.queue import JobQueue
+from atelier.store.jobs import JobQueue
 from atelier.jobs.worker import JobContext, JobStopped, Worker
 from atelier.principal import Principal
 from atelier.tuning.config import TuneConfig
@@ -57,8 +57,8 @@ def tok(spec):
 
 
 def run_worker(app) -> bool:
-    handler = FineTuneHandler(app.state.db, app.state.objects, app.state.catalog, lambda spec: tiny_loaded("tiny"), tok)
-    worker = Worker(app.state.db, {KIND: handler}, data_dir=app.state.settings.data_path, poll_seconds=0.1)
+    handler = FineTuneHandler(app.state.services.db, app.state.services.objects, app.state.services.catalog, lambda spec: tiny_loaded("tiny"), tok)
+    worker = Worker(app.state.services.db, {KIND: handler}, data_dir=app.state.services.settings.data_path, poll_seconds=0.1)
     return worker.run_once()
 
 
@@ -103,7 +103,7 @@ def test_a_job_runs_to_a_custom_model(finished, client, app):
     assert 0 < model["trainable_fraction"] < 1 and model["trainable_params"] > 0
     assert [p["step"] for p in model["curve"]] == list(range(1, len(model["curve"]) + 1))
     assert model["metrics"]["valid_loss"] is not None
-    with app.state.db.session() as session:
+    with app.state.services.db.session() as session:
         obj = session.get(StoredObject, f"adp_{job['id'].removeprefix('job_')}")
         assert obj.kind == "adapter" and obj.tenancy_id == job["organization_id"]
     files = read_adapter(client.get(f"/v1/custom-models/{model_id}/adapter").content)
@@ -223,10 +223,10 @@ def test_delete_custom_model(client, app, clusters, check_error):
     model_id = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["fine_tuned_model"]
     check_error(client.delete(f"/v1/custom-models/cm_{'0' * 24}"), 404)
     endpoint = host(client, clusters["hosting"], model_id, "to-delete")
-    assert app.state.engine.adapter_slot(model_id) is not None  # loaded once, when the endpoint was created
+    assert app.state.services.engine.adapter_slot(model_id) is not None  # loaded once, when the endpoint was created
     assert "delete them first" in check_error(client.delete(f"/v1/custom-models/{model_id}"), 409)["message"]
     assert client.delete(f"/v1/endpoints/{endpoint['id']}").status_code == 200
-    assert app.state.engine.adapter_slot(model_id) is None  # the last endpoint freed the adapter
+    assert app.state.services.engine.adapter_slot(model_id) is None  # the last endpoint freed the adapter
     assert client.delete(f"/v1/custom-models/{model_id}").json() == {
         "id": model_id, "object": "custom_model", "deleted": True}
     check_error(client.get(f"/v1/custom-models/{model_id}"), 404)
@@ -237,10 +237,10 @@ def test_delete_custom_model(client, app, clusters, check_error):
 
 
 def claimed(app, job_id: str) -> JobContext:
-    queue = JobQueue(app.state.db)
+    queue = JobQueue(app.state.services.db)
     job = queue.claim("test-worker", [KIND], 60)
     assert job is not None and job.id == job_id
-    workdir = app.state.settings.data_path / "jobs" / job.id
+    workdir = app.state.services.settings.data_path / "jobs" / job.id
     workdir.mkdir(parents=True, exist_ok=True)
     return JobContext(job, workdir, queue)
 
@@ -248,7 +248,7 @@ def claimed(app, job_id: str) -> JobContext:
 def test_resumed_job_records_each_step_once_and_stores_once(client, app):
     job = create(client, upload(client, examples()), training_config={**SMALL, "checkpoint_interval_in_steps": 1})
     loads = []
-    handler = FineTuneHandler(app.state.db, app.state.objects, app.state.catalog,
+    handler = FineTuneHandler(app.state.services.db, app.state.services.objects, app.state.services.catalog,
                               lambda spec: loads.append(spec.name) or tiny_loaded("tiny"), tok)
     ctx = claimed(app, job["id"])
     emit = ctx.emit
@@ -262,7 +262,7 @@ def test_resumed_job_records_each_step_once_and_stores_once(client, app):
     with pytest.raises(JobStopped):
         handler(ctx)
     assert oct(ctx.workdir.stat().st_mode & 0o777) == "0o700"
-    JobQueue(app.state.db).release(job["id"], "test-worker")
+    JobQueue(app.state.services.db).release(job["id"], "test-worker")
     result = handler(claimed(app, job["id"]))
     assert result["fine_tuned_model"].startswith("cm_") and len(loads) == 2
     events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
@@ -273,7 +273,7 @@ def test_resumed_job_records_each_step_once_and_stores_once(client, app):
 
 
 def claimed_again(app, job_id: str) -> JobContext:
-    JobQueue(app.state.db).release(job_id, "test-worker")
+    JobQueue(app.state.services.db).release(job_id, "test-worker")
     return claimed(app, job_id)
 
 
@@ -281,12 +281,12 @@ def test_handler_fails_fast_on_a_bad_file_without_loading_the_model(client, app)
     rows = examples(12).decode().splitlines()
     rows[4] = json.dumps({"messages": [{"role": "assistant", "content": "hi"}]})
     file_id = upload(client, ("\n".join(rows) + "\n").encode())
-    queue = JobQueue(app.state.db)
+    queue = JobQueue(app.state.services.db)
     principal = Principal(client.get("/v1/fine_tuning/jobs").json()["data"][0]["organization_id"], "k", "admin")
     payload = {"model": "tiny", "training_file": file_id, "training_config": TuneConfig().model_dump(mode="json")}
     job = queue.submit(principal, KIND, payload)
     loads = []
-    handler = FineTuneHandler(app.state.db, app.state.objects, app.state.catalog,
+    handler = FineTuneHandler(app.state.services.db, app.state.services.objects, app.state.services.catalog,
                               lambda spec: loads.append(1) or tiny_loaded("tiny"), tok)
     with pytest.raises(InvalidInput) as caught:
         handler(claimed(app, job.id))

@@ -18,7 +18,7 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from atelier.api.access import ROUTES
+from atelier.api.route_table import ROUTES
 from atelier.store.tables import ApiKey, CustomModel, utcnow
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -131,11 +131,11 @@ def tenancies(client):
 
 def add_custom_model(app, tenancy_id: str, job_id: str) -> str:
     """A custom model row and its sealed adapter object (what a finished fine-tuning job leaves)."""
-    ref = app.state.objects.put(tenancy_id, "adapter", b"adapter bytes")
+    ref = app.state.services.objects.put(tenancy_id, "adapter", b"adapter bytes")
     row = CustomModel(tenancy_id=tenancy_id, name=f"ft:tiny:{job_id}", base_model="tiny", method="lora",
                       job_id=job_id, adapter_object_id=ref.id, trainable_params=1, total_params=10, metrics={},
                       curve=[])
-    with app.state.db.session() as session:
+    with app.state.services.db.session() as session:
         session.add(row)
         session.flush()
         return row.id
@@ -257,7 +257,7 @@ def bad_keys(app, tenancies):
     revoked = b.post("/v1/api-keys", {"name": "to-revoke"})
     assert b.http.delete(f"/v1/api-keys/{revoked['id']}").status_code == 200
     expired = b.post("/v1/api-keys", {"name": "to-expire"})
-    with app.state.db.session() as session:
+    with app.state.services.db.session() as session:
         session.get(ApiKey, expired["id"]).expires_at = utcnow() - timedelta(seconds=1)
     return {"revoked": revoked["key"], "expired": expired["key"]}
 

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from atelier.api.openai.generation import ClosingBody, Metered
-from atelier.api.streaming import Primed
+from atelier.api.streaming import SSEResponse
+from atelier.cloud.generation import Generation
 from atelier.engine.types import TokenEvent, Usage
 from atelier.principal import Principal
 
@@ -58,7 +58,7 @@ def test_requests_over_the_limit_get_429_with_retry_after(make_app, engine, chec
         refused = op.get("/v1/models")
         check_error(refused, 429)
         assert 1 <= int(refused.headers["retry-after"]) <= 60
-        refusals = app.state.audit.log.query(None, status=429)  # both refusals are in the audit log
+        refusals = app.state.services.audit.log.query(None, status=429)  # both refusals are in the audit log
         assert len(refusals) == 2 and refusals[0].tenancy_id == tenancy_id and refusals[1].tenancy_id != tenancy_id
 
 
@@ -80,7 +80,7 @@ def test_limits_routes_are_for_the_operator(client, tenant, check_error):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_generation_needs_a_free_slot(app, client, tenant, check_error, stream):
     tenancy_id, admin = tenant
-    limits = app.state.limits
+    limits = app.state.services.limits
     assert client.put(f"/v1/tenancies/{tenancy_id}/limits", json={"concurrent_generations": 1}).status_code == 200
     held = limits.generation(Principal(tenancy_id, "key_x", "admin"))
     try:
@@ -101,7 +101,7 @@ def test_a_generation_needs_a_free_slot(app, client, tenant, check_error, stream
 
 def test_generations_charge_the_tokens_they_used(app, tenant):
     tenancy_id, admin = tenant
-    limits = app.state.limits
+    limits = app.state.services.limits
     before = limits.usage(tenancy_id)["tokens"]
     plain = admin.post("/v1/chat/completions", json=CHAT).json()["usage"]
     with_usage = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
@@ -117,18 +117,18 @@ def test_a_spent_token_budget_refuses_generations(app, client, tenant, check_err
     try:
         error = check_error(admin.post("/v1/chat/completions", json=CHAT), 429, type_="rate_limit_error")
         assert "tokens per minute" in error["message"]
-        assert app.state.limits.usage(tenancy_id)["generations"] == 0
+        assert app.state.services.limits.usage(tenancy_id)["generations"] == 0
     finally:
         client.put(f"/v1/tenancies/{tenancy_id}/limits", json={})
 
 
 def test_embeddings_charge_their_prompt_tokens(app, tenant):
     tenancy_id, admin = tenant
-    before = app.state.limits.usage(tenancy_id)["tokens"]
+    before = app.state.services.limits.usage(tenancy_id)["tokens"]
     response = admin.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["a cat", "two dogs"]})
     assert response.status_code == 200, response.text
     used = response.json()["usage"]["prompt_tokens"]
-    assert used > 0 and app.state.limits.usage(tenancy_id)["tokens"] - before == used
+    assert used > 0 and app.state.services.limits.usage(tenancy_id)["tokens"] - before == used
 
 
 async def _events(n: int, fail: bool = False):
@@ -143,26 +143,34 @@ async def _events(n: int, fail: bool = False):
 @pytest.mark.parametrize("case", ["never started", "failed", "client left"])
 async def test_a_stream_reports_its_usage_once_however_it_ends(case):
     ended: list[Usage] = []
-    metered = Metered(await Primed.start(_events(4, fail=case == "failed")), 3, ended.append)
+    generation = await Generation.start(_events(4, fail=case == "failed"), 3, ended.append)
 
     async def chunks():
-        async for event in metered:
+        async for event in generation:
             yield event.text
 
-    body = ClosingBody(chunks(), metered)
+    body = chunks()
+    response = SSEResponse(body, on_close=generation.aclose)
+
+    async def send(message):
+        if case == "client left" and message["type"] == "http.response.body" and message.get("body") == b"x":
+            sent.append(message)
+            if len(sent) == 2:
+                raise OSError("the client left")
+
+    sent: list = []
     if case == "failed":
         with pytest.raises(RuntimeError):
-            async for _ in body:
-                pass
+            await response.stream_response(send)
         assert ended == [Usage(3, 4)]
     elif case == "client left":
-        assert await anext(body) == "x" and await anext(body) == "x"
-        await body.aclose()
+        with pytest.raises(OSError):
+            await response.stream_response(send)
         assert ended == [Usage(3, 2)]
-    else:
-        await body.aclose()
+    else:  # the response is dropped before its body starts
+        await response._on_close()
         assert ended == [Usage(3, 0)]
-    await body.aclose()
+    await generation.aclose()
     assert len(ended) == 1
 
 
@@ -206,9 +214,10 @@ def test_metrics_count_requests_tokens_and_engine_state(client, anon):
     assert second[("atelier_prompt_tokens_total", (("model", "tiny"),))] == prompt + usage["prompt_tokens"]
 
 
-def test_metrics_are_per_app(make_app, engine, app):
+def test_metrics_are_per_app(make_app, engine, app, client):
     other = make_app(engine=engine)
-    assert other.state.metrics.registry is not app.state.metrics.registry
+    with TestClient(other):
+        assert other.state.services.metrics.registry is not app.state.services.metrics.registry
 
 
 # --- alerts -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atelier.api.access import ROUTES, Rule, rule_for
+from atelier.api.route_table import ROUTES, Rule, rule_for
 from atelier.security.policy import OPERATIONS, RESOURCE_TYPES
 
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
@@ -20,7 +20,7 @@ def app_routes(app) -> set[tuple[str, str]]:
 
 def test_every_route_is_in_the_table(app):
     missing = sorted(app_routes(app) - set(ROUTES))
-    assert not missing, f"add these routes to atelier.api.access.ROUTES: {missing}"
+    assert not missing, f"add these routes to atelier.api.route_table.ROUTES: {missing}"
 
 
 def test_the_table_names_only_routes_that_exist(app):
@@ -39,7 +39,7 @@ def test_rule_for_prefers_literal_segments():
     assert rule_for("get", "/health") == ("/health", ROUTES[("GET", "/health")])
     template, _ = rule_for("GET", "/v1/models/smollm2-135m-instruct")
     assert template == "/v1/models/{model}"
-    with pytest.raises(LookupError, match="missing from atelier.api.access.ROUTES"):
+    with pytest.raises(LookupError, match="missing from atelier.api.route_table.ROUTES"):
         rule_for("GET", "/v1/no-such-route")
 
 

@@ -1,5 +1,6 @@
-"""api/streaming.py: SSE encoding, primed engine streams, and a client disconnect that aborts
-the engine request at once (both ASGI disconnect styles: cancellation and a failing send)."""
+"""api/streaming.py: SSE encoding; cloud/generation.py: generations started on their first event;
+and a client disconnect that aborts the engine request at once (both ASGI disconnect styles:
+cancellation and a failing send)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from atelier.api.streaming import DONE, Primed, sse_event
+from atelier.api.streaming import DONE, sse_event
+from atelier.cloud.generation import Generation
 from atelier.engine.types import TokenEvent
 from atelier.errors import QuotaExceeded, Unavailable
 
@@ -44,27 +46,27 @@ async def empty():
     yield  # pragma: no cover
 
 
-def test_primed_yields_the_first_event_then_the_rest():
+def test_a_generation_yields_the_first_event_then_the_rest():
     async def run():
         log: list[str] = []
-        primed = await Primed.start(events(3, log))
+        primed = await Generation.start(events(3, log), 0)
         texts = [e.text async for e in primed]
         return texts, log
 
     assert asyncio.run(run()) == (["0", "1", "2"], ["closed"])
 
 
-def test_primed_surfaces_errors_before_the_response():
+def test_a_generation_surfaces_errors_before_the_response():
     with pytest.raises(QuotaExceeded):
-        asyncio.run(Primed.start(failing()))
+        asyncio.run(Generation.start(failing(), 0))
     with pytest.raises(Unavailable):
-        asyncio.run(Primed.start(empty()))
+        asyncio.run(Generation.start(empty(), 0))
 
 
-def test_primed_aclose_closes_the_engine_stream():
+def test_a_generation_aclose_closes_the_engine_stream():
     async def run():
         log: list[str] = []
-        primed = await Primed.start(events(100, log))
+        primed = await Generation.start(events(100, log), 0)
         await anext(primed)
         await primed.aclose()
         return log

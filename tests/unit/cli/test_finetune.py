@@ -22,7 +22,7 @@ from atelier.catalog import BUILTIN, Catalog, ModelSource, ModelSpec
 from atelier.cli import State, app
 from atelier.cli.finetune import OPTION_NAMES, training_config
 from atelier.cli.jobs import progress_line
-from atelier.cli.model_options import option_name
+from atelier.cli.model_options import option_names
 from atelier.engine.client import LocalEngine
 from atelier.engine.loading import tiny_loaded
 from atelier.jobs.fine_tune import KIND, FineTuneHandler
@@ -151,7 +151,7 @@ def test_every_tune_config_field_is_an_option_and_the_old_names_still_work():
     text = CliRunner().invoke(app, ["finetune", "--help"], env={"COLUMNS": "250"}).output
     shown = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text))
     assert set(OPTIONS_BEFORE) <= shown
-    assert {option_name(field, OPTION_NAMES) for field in TuneConfig.model_fields} <= shown
+    assert {option_names(field, OPTION_NAMES)[0] for field in TuneConfig.model_fields} <= shown
     assert "Passes over the training examples. [default: 3]" in text
 
 

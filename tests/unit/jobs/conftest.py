@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from atelier.jobs.queue import JobQueue
+from atelier.store.jobs import JobQueue
 from atelier.principal import Principal
 from atelier.store import Database, repos
 

@@ -1,4 +1,5 @@
-"""Built-in handlers: ``sleep-count`` resumes from any checkpoint to the uninterrupted result."""
+"""Handlers: the service registers its own kinds only; the test kind ``sleep-count`` resumes from any
+checkpoint to the uninterrupted result."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import json
 import pytest
 
 from atelier.errors import InvalidInput
-from atelier.jobs.handlers import CHECKPOINT_FILE, SLEEP_COUNT, build_handlers, sleep_count
+from sleep_count import CHECKPOINT_FILE, SLEEP_COUNT, sleep_count
+
+from atelier.jobs.handlers import build_handlers
 from atelier.jobs.worker import JobContext, JobStopped, write_atomically
+from atelier.settings import Settings
 
 
 def context(queue, principal, tmp_path, payload) -> JobContext:
@@ -18,8 +22,10 @@ def context(queue, principal, tmp_path, payload) -> JobContext:
     return JobContext(job, workdir, queue)
 
 
-def test_registry_has_the_built_in_kind(db):
-    assert build_handlers(None, db) == {SLEEP_COUNT: sleep_count}
+def test_the_service_registers_its_own_kinds_and_no_test_kind(db, tmp_path, monkeypatch):
+    for name in ("ATELIER_ROOT_KEY", "ATELIER_ROOT_KEY_FILE", "ATELIER_DATA_DIR", "ATELIER_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert set(build_handlers(Settings(data_dir=tmp_path / "data"), db)) == {"fine-tune", "kb-ingest"}
 
 
 @pytest.mark.parametrize("stop_after", [1, 4, 7, 8])

@@ -8,8 +8,9 @@ import time
 import pytest
 from sqlalchemy import update
 
+from sleep_count import HANDLERS, SLEEP_COUNT
+
 from atelier.errors import InvalidInput
-from atelier.jobs.handlers import SLEEP_COUNT, build_handlers
 from atelier.jobs.worker import JobContext, JobStopped, Worker, one_line
 from atelier.store.tables import Job
 
@@ -26,7 +27,7 @@ def expected_count(n: int) -> dict:
 def make_worker(db, tmp_path, handlers=None, **kwargs) -> Worker:
     kwargs.setdefault("lease_seconds", 3.0)
     kwargs.setdefault("poll_seconds", 0.05)
-    return Worker(db, handlers or build_handlers(None, db), data_dir=tmp_path / "data", **kwargs)
+    return Worker(db, handlers or HANDLERS, data_dir=tmp_path / "data", **kwargs)
 
 
 def in_thread(worker: Worker, **kwargs) -> threading.Thread:

@@ -1,4 +1,4 @@
-"""Real ``python -m atelier worker`` processes: kill -9 mid-job and resume elsewhere, SIGTERM, serve's workers."""
+"""Real worker processes (``atelier worker`` with the test kind): kill -9 mid-job and resume elsewhere, SIGTERM, serve's workers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from atelier.jobs.handlers import SLEEP_COUNT, build_handlers
-from atelier.jobs.queue import JobQueue
+from sleep_count import HANDLERS, SLEEP_COUNT, WORKER_COMMAND
+
+from atelier.store.jobs import JobQueue
 from atelier.jobs.worker import Worker, start_worker_processes, stop_worker_processes
 from atelier.principal import Principal
 from atelier.settings import Settings
@@ -44,7 +45,7 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
         env.update(ATELIER_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
         self.log = data_dir.parent / f"{worker_id}.log"
-        command = [sys.executable, "-m", "atelier", "worker", "--worker-id", worker_id,
+        command = [*WORKER_COMMAND, "--worker-id", worker_id,
                    "--lease-seconds", "2", "--poll-seconds", "0.2", *extra]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -66,7 +67,7 @@ def test_kill_9_mid_job_then_another_worker_finishes_it_from_its_checkpoint(data
     db, queue, principal = store
     n = 12
     reference = queue.submit(principal, SLEEP_COUNT, {"n": n})  # the uninterrupted run, in this process
-    Worker(db, build_handlers(None, db), data_dir=data_dir).run(max_jobs=1)
+    Worker(db, HANDLERS, data_dir=data_dir).run(max_jobs=1)
     uninterrupted = queue.get(principal, reference.id).result
     assert uninterrupted["count"] == n
 
@@ -136,7 +137,7 @@ def test_serve_workers_run_jobs_and_give_them_back_when_the_service_stops(data_d
     for name in [k for k in os.environ if k.startswith("ATELIER_")]:
         monkeypatch.delenv(name)
     settings = Settings(data_dir=data_dir)
-    processes = start_worker_processes(settings, 2)  # migrates the fresh data dir first
+    processes = start_worker_processes(settings, 2, WORKER_COMMAND)  # migrates the fresh data dir first
     db = Database(settings.db_url)
     try:
         assert len(processes) == 2

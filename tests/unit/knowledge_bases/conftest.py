@@ -126,7 +126,7 @@ def http(kb_app) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def worker(kb_app, http, kb_catalog, embedder, kb_settings) -> Worker:
     """A worker over the app's own database, objects and vector store (run it with ``drain``)."""
-    state = kb_app.state
+    state = kb_app.state.services
     handler = KbIngestHandler(state.db, state.objects, state.vectors, kb_catalog, lambda spec: embedder)
     return Worker(state.db, {KIND: handler}, poll_seconds=0.05, data_dir=kb_settings.data_path)
 

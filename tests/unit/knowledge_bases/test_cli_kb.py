@@ -30,7 +30,7 @@ def _env(monkeypatch, tmp_path, kb_settings):
 @pytest.fixture
 def background_worker(kb_app, kb_catalog, embedder, kb_settings):
     """A worker thread over the app's database, objects and store, stopped after the test."""
-    state = kb_app.state
+    state = kb_app.state.services
     handler = KbIngestHandler(state.db, state.objects, state.vectors, kb_catalog, lambda spec: embedder)
     worker = Worker(state.db, {KIND: handler}, poll_seconds=0.05, data_dir=kb_settings.data_path)
     thread = threading.Thread(target=worker.run, daemon=True)

@@ -48,7 +48,7 @@ def _hits(passages: list[dict]) -> list[Hit]:
 def test_answer_cites_the_passage_and_sends_the_engine_exactly_the_grounded_prompt(http, kb_app, kb_engine, ingested):
     kb, docs = ingested
     before = len(kb_engine.requests)
-    tokens_before = kb_app.state.metrics.prompt_tokens.labels(model="scripted")._value.get()
+    tokens_before = kb_app.state.services.metrics.prompt_tokens.labels(model="scripted")._value.get()
     response = http.post(f"/v1/knowledge-bases/{kb['id']}/answer", json={"question": QUESTION, "top_k": 2})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -62,7 +62,7 @@ def test_answer_cites_the_passage_and_sends_the_engine_exactly_the_grounded_prom
     assert (cited["document_id"], cited["filename"]) == (docs["shed.txt"], "shed.txt")
     assert SHED.decode()[cited["start"]:cited["end"]] == cited["text"]
     assert body["usage"]["prompt_tokens"] == len(sent.prompt_ids) and body["usage"]["completion_tokens"] > 0
-    assert kb_app.state.metrics.prompt_tokens.labels(model="scripted")._value.get() == tokens_before + len(
+    assert kb_app.state.services.metrics.prompt_tokens.labels(model="scripted")._value.get() == tokens_before + len(
         sent.prompt_ids)  # counted like any generation
 
     expected = build_messages(QUESTION, _hits(body["passages"]))

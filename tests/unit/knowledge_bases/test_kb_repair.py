@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from atelier.api.app import create_app
 from atelier.cloud.knowledge_bases import KnowledgeBaseService
 from atelier.jobs.kb_ingest import KIND, KbIngestHandler
-from atelier.jobs.queue import JobQueue
+from atelier.store.jobs import JobQueue
 from atelier.jobs.worker import JobContext
 from atelier.rag.indexing import Scope
 from atelier.settings import Settings
@@ -76,20 +76,20 @@ def _kb_and_doc(http: TestClient) -> tuple[str, str, Scope]:
     kb = http.post("/v1/knowledge-bases", json={"name": "ops", "embedding_model": "hash-embed", "chunk_size": 24,
                                                  "chunk_overlap": 0}).json()
     doc = http.post(f"/v1/knowledge-bases/{kb['id']}/documents", files={"file": ("ops.txt", TEXT)}).json()
-    with http.app.state.db.session() as session:
+    with http.app.state.services.db.session() as session:
         tenancy = session.get(KnowledgeBase, kb["id"]).tenancy_id
     return kb["id"], doc["id"], Scope(tenancy, kb["id"])
 
 
 def _ingest_until_crash(http: TestClient, embedder, monkeypatch, lease_seconds: float) -> None:
     """Run the ingestion job and kill it after Chroma took the first batch's vectors, before the chunk rows."""
-    state = http.app.state
+    state = http.app.state.services
     monkeypatch.setattr(state.vectors.keywords, "add", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     queue = JobQueue(state.db)
     job = queue.claim("doomed-worker", [KIND], lease_seconds)
     handler = KbIngestHandler(state.db, state.objects, state.vectors, state.catalog, lambda spec: embedder)
     with pytest.raises(Crash):
-        handler(JobContext(job, http.app.state.settings.data_path / "jobs", queue))
+        handler(JobContext(job, http.app.state.services.settings.data_path / "jobs", queue))
     monkeypatch.undo()
 
 
@@ -97,16 +97,16 @@ def test_crash_between_vectors_and_chunk_rows_leaves_nothing_after_restart(servi
     http = service.start()
     kb_id, doc_id, scope = _kb_and_doc(http)
     _ingest_until_crash(http, embedder, monkeypatch, lease_seconds=0.2)
-    vectors = http.app.state.vectors
+    vectors = http.app.state.services.vectors
     assert vectors.vectors.document_ids(scope) == {doc_id}  # Chroma has its vectors...
     assert vectors.keywords.document_ids(scope) == set()  # ...SQLite none of its chunks
-    with http.app.state.db.session() as session:
+    with http.app.state.services.db.session() as session:
         assert session.get(KbDocument, doc_id).state == "ingesting"
     service.stop()
 
     time.sleep(0.3)  # the dead worker's lease runs out
     http = service.start()  # the lifespan repairs
-    vectors = http.app.state.vectors
+    vectors = http.app.state.services.vectors
     assert vectors.document_ids(scope) == set() and vectors.count(scope) == 0
     assert vectors.vectors.count(scope) == 0
     found = http.post(f"/v1/knowledge-bases/{kb_id}/query", json={"query": "backup disk rack", "mode": "dense"})
@@ -117,7 +117,7 @@ def test_repair_leaves_an_ingestion_under_a_live_lease_alone(service, embedder, 
     http = service.start()
     _, doc_id, scope = _kb_and_doc(http)
     _ingest_until_crash(http, embedder, monkeypatch, lease_seconds=30)
-    state = http.app.state
+    state = http.app.state.services
     assert repo.repair(state.db, state.vectors, state.objects) == repo.Repaired()  # its worker may still be alive
     assert state.vectors.document_ids(scope) == {doc_id}
     with state.db.session() as session:  # the lease runs out: the worker is gone
@@ -132,7 +132,7 @@ def test_the_retried_job_starts_clean_and_finishes(service, embedder, monkeypatc
     kb_id, doc_id, scope = _kb_and_doc(http)
     _ingest_until_crash(http, embedder, monkeypatch, lease_seconds=0.05)
     time.sleep(0.1)
-    state = http.app.state
+    state = http.app.state.services
     queue = JobQueue(state.db)
     job = queue.claim("next-worker", [KIND], 30)
     assert job is not None and job.attempts == 2
@@ -146,7 +146,7 @@ def test_crash_while_deleting_a_document_leaves_nothing_after_restart(service, e
     http = service.start()
     kb_id, doc_id, scope = _kb_and_doc(http)
     drain_for(http, embedder)
-    vectors = http.app.state.vectors
+    vectors = http.app.state.services.vectors
     assert vectors.count(scope) > 0
     monkeypatch.setattr(vectors.vectors, "delete_documents", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
@@ -156,7 +156,7 @@ def test_crash_while_deleting_a_document_leaves_nothing_after_restart(service, e
     _, left = service.peek()
     assert left.keywords.document_ids(scope) == set() and left.vectors.document_ids(scope) == {doc_id}
     http = service.start()
-    assert http.app.state.vectors.document_ids(scope) == set()
+    assert http.app.state.services.vectors.document_ids(scope) == set()
     assert http.get(f"/v1/knowledge-bases/{kb_id}/documents/{doc_id}").status_code == 404
 
 
@@ -175,15 +175,15 @@ def test_crash_while_deleting_a_knowledge_base_is_finished_after_restart(service
         assert session.get(KnowledgeBase, kb_id).state == "deleting"  # invisible to readers from here on
     http = service.start()
     assert http.get(f"/v1/knowledge-bases/{kb_id}").status_code == 404
-    assert http.app.state.vectors.document_ids(scope) == set()
-    with http.app.state.db.session() as session:
+    assert http.app.state.services.vectors.document_ids(scope) == set()
+    with http.app.state.services.db.session() as session:
         assert session.get(KnowledgeBase, kb_id) is None and session.get(KbDocument, doc_id) is None
 
 
 def test_a_document_whose_job_gave_up_is_marked_failed(service):
     http = service.start()
     kb_id, doc_id, _ = _kb_and_doc(http)
-    state = http.app.state
+    state = http.app.state.services
     with state.db.session() as session:
         job = session.get(Job, session.get(KbDocument, doc_id).job_id)
         job.state, job.error = "failed", "its worker was lost 5 times; giving up"
@@ -197,7 +197,7 @@ def drain_for(kb_catalog):
     from atelier.jobs.worker import Worker
 
     def run(http: TestClient, embedder) -> None:
-        state = http.app.state
+        state = http.app.state.services
         handler = KbIngestHandler(state.db, state.objects, state.vectors, kb_catalog, lambda spec: embedder)
         worker = Worker(state.db, {KIND: handler}, data_dir=state.settings.data_path)
         while worker.run_once():
@@ -224,7 +224,7 @@ def test_a_worker_repairs_when_it_starts(service, embedder, monkeypatch):
 def test_a_stale_read_never_fails_a_document_the_worker_made_ready(service, embedder, drain_for):
     http = service.start()
     kb_id, doc_id, _ = _kb_and_doc(http)
-    db = http.app.state.db
+    db = http.app.state.services.db
     with db.session() as reader:  # an API request reads the row while the worker still ingests...
         stale = reader.get(KbDocument, doc_id)
         assert stale.state == "pending"
@@ -250,7 +250,7 @@ def test_an_upload_cut_off_before_its_job_was_queued_is_marked_failed(service, m
         (doc,) = session.query(KbDocument).all()
         assert (doc.state, doc.job_id) == ("pending", None)
         doc_id = doc.id
-    state = http.app.state
+    state = http.app.state.services
     assert repo.repair(db, store, state.objects) == repo.Repaired()  # a fresh upload may be just about to queue
     later = repo.utcnow() + repo.UPLOAD_GRACE * 2
     assert repo.repair(db, store, state.objects, now=later).documents_failed == 1

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from atelier.jobs.queue import JobQueue
+from atelier.store.jobs import JobQueue
 from atelier.principal import Principal
 from atelier.rag.indexing import Scope
 from atelier.store.tables import Job, KbDocument, KnowledgeBase
@@ -97,11 +97,11 @@ def test_progress_events_count_chunks(http, kb_app, make_kb, upload, drain):
     text = "\n\n".join(f"Paragraph {i} talks about topic number {i} at some length." for i in range(150)).encode()
     doc = upload(kb["id"], "long.txt", text).json()
     drain()
-    with kb_app.state.db.session() as session:
+    with kb_app.state.services.db.session() as session:
         job = session.get(Job, doc["job_id"])
         assert job.state == "succeeded" and job.result["chunks"] > 64, job.result
     principal = Principal(job.tenancy_id, "k", "admin")
-    progress = [e.data for e in JobQueue(kb_app.state.db).events(principal, job.id, limit=1000)
+    progress = [e.data for e in JobQueue(kb_app.state.services.db).events(principal, job.id, limit=1000)
                 if e.data and e.data.get("type") == "progress"]
     total = job.result["chunks"]
     assert [p["chunks_done"] for p in progress] == [0, *range(64, total, 64), total]
@@ -170,12 +170,12 @@ def test_delete_document_removes_its_chunks(http, kb_app, make_kb, upload, drain
     assert deleted.json() == {"id": doc["id"], "object": "knowledge_base.document", "deleted": True}
     assert http.get(f"/v1/knowledge-bases/{kb['id']}/documents/{doc['id']}").status_code == 404
     scope = Scope(_tenancy(kb_app, kb["id"]), kb["id"])
-    assert kb_app.state.vectors.document_ids(scope) == {keep["id"]}
+    assert kb_app.state.services.vectors.document_ids(scope) == {keep["id"]}
     found = http.post(f"/v1/knowledge-bases/{kb['id']}/query", json={"query": "disk storage panel"}).json()["data"]
     assert {p["document_id"] for p in found} == {keep["id"]}
-    with kb_app.state.db.session() as session:
+    with kb_app.state.services.db.session() as session:
         assert session.get(KbDocument, doc["id"]) is None
-    assert not kb_app.state.objects.exists(scope.tenancy_id, doc["id"])
+    assert not kb_app.state.services.objects.exists(scope.tenancy_id, doc["id"])
 
 
 def test_delete_knowledge_base_drops_vectors_chunks_and_documents(http, kb_app, make_kb, upload, drain):
@@ -184,13 +184,13 @@ def test_delete_knowledge_base_drops_vectors_chunks_and_documents(http, kb_app, 
     drain()
     tenancy = _tenancy(kb_app, kb["id"])
     scope = Scope(tenancy, kb["id"])
-    assert kb_app.state.vectors.count(scope) > 0
-    with kb_app.state.db.session() as session:
+    assert kb_app.state.services.vectors.count(scope) > 0
+    with kb_app.state.services.db.session() as session:
         object_id = session.get(KbDocument, doc["id"]).object_id
     assert http.delete(f"/v1/knowledge-bases/{kb['id']}").status_code == 200
-    assert kb_app.state.vectors.count(scope) == 0 and kb_app.state.vectors.document_ids(scope) == set()
-    assert not kb_app.state.objects.exists(tenancy, object_id)
-    with kb_app.state.db.session() as session:
+    assert kb_app.state.services.vectors.count(scope) == 0 and kb_app.state.services.vectors.document_ids(scope) == set()
+    assert not kb_app.state.services.objects.exists(tenancy, object_id)
+    with kb_app.state.services.db.session() as session:
         assert session.get(KbDocument, doc["id"]) is None
     assert http.post(f"/v1/knowledge-bases/{kb['id']}/query", json={"query": "disk"}).status_code == 404
 
@@ -199,13 +199,13 @@ def test_deleting_a_document_while_it_is_pending_cancels_its_job(http, kb_app, m
     kb = make_kb("cancel")
     doc = upload(kb["id"], "guide.md", GUIDE).json()
     assert http.delete(f"/v1/knowledge-bases/{kb['id']}/documents/{doc['id']}").status_code == 200
-    with kb_app.state.db.session() as session:
+    with kb_app.state.services.db.session() as session:
         assert session.get(Job, doc["job_id"]).state == "cancelled"
     assert drain() == 0
 
 
 def _tenancy(app, kb_id: str) -> str:
-    with app.state.db.session() as session:
+    with app.state.services.db.session() as session:
         return session.get(KnowledgeBase, kb_id).tenancy_id
 
 

@@ -7,6 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from atelier.jobs.kb_ingest import KIND, KbIngestHandler
+from atelier.cloud.grounding import Grounding
+from atelier.cloud.knowledge_bases import KnowledgeBaseService
 from atelier.jobs.worker import Worker
 from atelier.rag.answer import NO_ANSWER
 from atelier.store.tables import KnowledgeBase
@@ -37,10 +39,15 @@ class RecordingStore:
 
 @pytest.fixture
 def recorded(kb_app, http, monkeypatch, kb_catalog, embedder):
-    store = RecordingStore(kb_app.state.vectors)
-    monkeypatch.setattr(kb_app.state, "vectors", store)
-    handler = KbIngestHandler(kb_app.state.db, kb_app.state.objects, store, kb_catalog, lambda spec: embedder)
-    worker = Worker(kb_app.state.db, {KIND: handler}, data_dir=kb_app.state.settings.data_path)
+    services = kb_app.state.services
+    store = RecordingStore(services.vectors)
+    knowledge_bases = KnowledgeBaseService(services.db, services.objects, store, services.catalog)
+    monkeypatch.setattr(services, "vectors", store)
+    monkeypatch.setattr(services, "knowledge_bases", knowledge_bases)
+    monkeypatch.setattr(services, "grounding", Grounding(knowledge_bases, services.engine, services.catalog,
+                                                         services.generation, services.settings.default_chat_model))
+    handler = KbIngestHandler(services.db, services.objects, store, kb_catalog, lambda spec: embedder)
+    worker = Worker(services.db, {KIND: handler}, data_dir=services.settings.data_path)
 
     def drain() -> None:
         while worker.run_once():
@@ -50,7 +57,7 @@ def recorded(kb_app, http, monkeypatch, kb_catalog, embedder):
 
 
 def _tenancy_of(app, kb_id: str) -> str:
-    with app.state.db.session() as session:
+    with app.state.services.db.session() as session:
         return session.get(KnowledgeBase, kb_id).tenancy_id
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import struct
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from atelier.api.deps import CatalogDep, EngineDep, PrincipalDep
+from atelier.api.deps import PrincipalDep, ServicesDep
 from atelier.api.openai.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from atelier.errors import InvalidInput
 
@@ -26,25 +26,17 @@ def encode_base64(vector: list[float]) -> str:
 
 
 @router.post("/embeddings", response_model=EmbeddingList, summary="Create embeddings")
-async def create_embeddings(
-    body: EmbeddingRequest, request: Request, engine: EngineDep, catalog: CatalogDep, principal: PrincipalDep
-) -> EmbeddingList:
+async def create_embeddings(body: EmbeddingRequest, services: ServicesDep, principal: PrincipalDep) -> EmbeddingList:
     """One L2-normalised vector per input text, in input order."""
-    spec = catalog.get(body.model, kind="embedding")
+    spec = services.catalog.get(body.model, kind="embedding")
     if body.dimensions is not None and spec.dimensions and body.dimensions != spec.dimensions:
         raise InvalidInput(
             f"this model's embeddings have {spec.dimensions} dimensions; dimensions={body.dimensions} is not supported",
             param="dimensions",
         )
-    limits = getattr(request.app.state, "limits", None)
-    if limits is not None:
-        limits.check_tokens(principal)
-    result = await engine.embed(spec.name, body.texts, truncate=body.truncate, input_type=body.input_type)
-    if limits is not None:
-        limits.charge_tokens(principal, result.prompt_tokens)
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.count_tokens(spec.name, result.prompt_tokens)
+    services.meter.check(principal)
+    result = await services.engine.embed(spec.name, body.texts, truncate=body.truncate, input_type=body.input_type)
+    services.meter.charge(principal, spec.name, result.prompt_tokens)
     as_base64 = body.encoding_format == "base64"
     data = [
         Embedding(index=i, embedding=encode_base64(vector) if as_base64 else vector)

@@ -5,34 +5,28 @@
 ``file``, the field ``purpose`` (``fine-tune`` or ``knowledge-base``) and, Atelier's own,
 an optional ``compartment`` (id or path such as ``eng:ml``; default the tenancy root). The
 body is read into memory with a running size check (``max_file_bytes``, 413 above; the
-body-size middleware gives this route that limit plus :data:`MULTIPART_OVERHEAD`) and
+body-size middleware gives this route that limit plus ``api.uploads.MULTIPART_OVERHEAD``) and
 sealed in one ``put``: the plaintext never reaches the disk. Listing, retrieval, content
-and deletion answer OpenAI's shapes. Policies decide on resource type ``files``: each route
-checks the loaded file (id, name, compartment path) with ``Access.require``, so a file the
-caller may not even inspect answers 404 exactly like a missing one, and the list hides it.
+and deletion answer OpenAI's shapes. Policies decide on resource type ``files``, through the
+request's guard (``api/authz.py``): a file the caller may not even inspect answers 404
+exactly like a missing one, and the list hides it.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.access import Access
-from atelier.api.deps import AccessDep, SessionDep
-from atelier.api.envelopes import Deleted
-from atelier.api.references import body_reference
+from atelier.api.authz import Guard
+from atelier.api.deps import GuardDep, ServicesDep
+from atelier.api.envelopes import Deleted, unix
 from atelier.api.uploads import Form, read_form
-from atelier.errors import Forbidden, InvalidInput
-from atelier.principal import Principal
-from atelier.settings import Settings
-from atelier.store import identity
+from atelier.errors import InvalidInput
 from atelier.store.files import PURPOSES, FileStore, check_purpose, clean_filename
 from atelier.store.tables import File
 
@@ -40,8 +34,6 @@ router = APIRouter(tags=["files"])
 
 TYPE = "files"
 FILE_FIELD = "file"
-MULTIPART_OVERHEAD = 64 * 1024
-"""Room in the body of an upload for the multipart framing and the fields beside the file."""
 MAX_COMPARTMENT_REF = 1000
 
 UPLOAD_BODY = {
@@ -71,11 +63,6 @@ UPLOAD_BODY = {
 """The upload's form, described for the OpenAPI document (the route reads it itself, streaming)."""
 
 
-def upload_limit(settings: Settings) -> int:
-    """The body limit of ``POST /v1/files``: the largest file plus the form around it."""
-    return max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_OVERHEAD)
-
-
 class FileObject(BaseModel):
     """A file, as OpenAI's API shows one."""
 
@@ -100,73 +87,40 @@ class FileList(BaseModel):
     has_more: bool = Field(description="Whether more files follow this page.")
 
 
-def _file_store(request: Request) -> FileStore:
-    return FileStore(request.app.state.db, request.app.state.objects)
-
-
-FilesDep = Annotated[FileStore, Depends(_file_store)]
-
-
-def _unix(moment: datetime) -> int:
-    """Unix seconds of a stored time (SQLite returns it naive, in UTC)."""
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
-
-
 def _out(row: File) -> FileObject:
     return FileObject(
-        id=row.id, bytes=row.bytes, created_at=_unix(row.created_at), filename=row.filename,
+        id=row.id, bytes=row.bytes, created_at=unix(row.created_at), filename=row.filename,
         purpose=row.purpose, compartment_id=row.compartment_id,
     )  # fmt: skip
 
 
-def _path(session: Session, principal: Principal, row: File) -> tuple[str, ...]:
-    return identity.compartment_path(session, principal, row.compartment_id) if row.compartment_id else ()
-
-
-def _require(access: Access, session: Session, operation: str, row: File) -> None:
-    access.require(
-        operation, TYPE, target_id=row.id, target_name=row.filename,
-        compartment_path=_path(session, access.principal, row), what=f"file {row.id!r}",
-    )  # fmt: skip
-
-
-def _store_upload(request: Request, access: Access, files: FileStore, form: Form) -> FileObject:
+def _store_upload(guard: Guard, files: FileStore, form: Form) -> FileObject:
     """Check the form and the caller's right to create there, then seal and record the file."""
     purpose = check_purpose(form.fields.get("purpose"))
     if form.data is None:
         raise InvalidInput(f"a file is required: send it as the multipart part {FILE_FIELD!r}", param=FILE_FIELD)
     filename = clean_filename(form.filename)
-    compartment_id, path = None, ()
     ref = (form.fields.get("compartment") or "").strip()
-    if ref:
-        if len(ref) > MAX_COMPARTMENT_REF:
-            raise InvalidInput(f"compartment must be at most {MAX_COMPARTMENT_REF} characters", param="compartment")
-        with request.app.state.db.session() as session, body_reference("compartment"):
-            compartment = identity.resolve_compartment(session, access.principal, ref)
-            path = identity.compartment_path(session, access.principal, compartment.id)
-        compartment_id = compartment.id
-    decision = access.decide("create", TYPE, target_name=filename, compartment_path=path)
-    if not decision.allowed:  # the type-level check passed: the compartment or a condition refused it
-        raise Forbidden(f"not authorized: {decision.reason}")
+    if len(ref) > MAX_COMPARTMENT_REF:
+        raise InvalidInput(f"compartment must be at most {MAX_COMPARTMENT_REF} characters", param="compartment")
+    compartment_id = guard.creation_compartment(TYPE, ref or None, filename)
     row = files.create_file(
-        access.principal, filename=filename, purpose=purpose, data=form.data, compartment_id=compartment_id
+        guard.principal, filename=filename, purpose=purpose, data=form.data, compartment_id=compartment_id
     )
     return _out(row)
 
 
 @router.post("/files", response_model=FileObject, summary="Upload a file", openapi_extra=UPLOAD_BODY)
-async def create_file(request: Request, access: AccessDep, files: FilesDep) -> FileObject:
+async def create_file(request: Request, services: ServicesDep, guard: GuardDep) -> FileObject:
     """Upload a file (multipart: `file`, `purpose`, optional `compartment`); stored sealed in your tenancy."""
-    settings: Settings = request.app.state.settings
-    form = await read_form(request, file_field=FILE_FIELD, max_file_bytes=settings.max_file_bytes)
-    return await run_in_threadpool(_store_upload, request, access, files, form)
+    form = await read_form(request, file_field=FILE_FIELD, max_file_bytes=services.settings.max_file_bytes)
+    return await run_in_threadpool(_store_upload, guard, services.files, form)
 
 
 @router.get("/files", response_model=FileList, summary="List files")
 def list_files(
-    access: AccessDep,
-    files: FilesDep,
-    session: SessionDep,
+    services: ServicesDep,
+    guard: GuardDep,
     purpose: Annotated[str | None, Query(max_length=32, description="Only files of this purpose.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Most files in the page.")] = 10_000,
     order: Annotated[Literal["asc", "desc"], Query(description="By upload time; newest first by default.")] = "desc",
@@ -177,15 +131,7 @@ def list_files(
     """The files you may inspect, newest first unless `order=asc`."""
     if purpose is not None:
         check_purpose(purpose)
-    principal = access.principal
-    paths = _compartment_paths(session, principal)
-    rows = [
-        row
-        for row in files.list_files(principal, purpose=purpose)
-        if access.visible(
-            TYPE, target_id=row.id, target_name=row.filename, compartment_path=paths.get(row.compartment_id, ())
-        )
-    ]
+    rows = guard.visible(services.files.list_files(guard.principal, purpose=purpose))
     if order == "desc":
         rows.reverse()
     if after is not None:
@@ -203,11 +149,9 @@ def list_files(
 
 
 @router.get("/files/{file_id}", response_model=FileObject, summary="Retrieve a file")
-def retrieve_file(file_id: str, access: AccessDep, files: FilesDep, session: SessionDep) -> FileObject:
+def retrieve_file(file_id: str, guard: GuardDep) -> FileObject:
     """One file's metadata."""
-    row = files.get_file(access.principal, file_id)
-    _require(access, session, "get", row)
-    return _out(row)
+    return _out(guard.load(TYPE, file_id, "get"))
 
 
 @router.get(
@@ -216,33 +160,17 @@ def retrieve_file(file_id: str, access: AccessDep, files: FilesDep, session: Ses
     responses={200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes."}},
     summary="Retrieve a file's content",
 )
-def file_content(file_id: str, access: AccessDep, files: FilesDep, session: SessionDep) -> Response:
+def file_content(file_id: str, services: ServicesDep, guard: GuardDep) -> Response:
     """The file's bytes, as uploaded."""
-    row = files.get_file(access.principal, file_id)
-    _require(access, session, "get", row)
-    data = files.file_content(access.principal, row.id)
+    row = guard.load(TYPE, file_id, "get")
+    data = services.files.file_content(guard.principal, row.id)
     disposition = f"attachment; filename*=UTF-8''{quote(row.filename, safe='')}"
     return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": disposition})
 
 
 @router.delete("/files/{file_id}", response_model=Deleted, summary="Delete a file")
-def delete_file(file_id: str, access: AccessDep, files: FilesDep, session: SessionDep) -> Deleted:
+def delete_file(file_id: str, services: ServicesDep, guard: GuardDep) -> Deleted:
     """Delete a file and its sealed bytes."""
-    row = files.get_file(access.principal, file_id)
-    _require(access, session, "delete", row)
-    files.delete_file(access.principal, row.id)
+    row = guard.load(TYPE, file_id, "delete")
+    services.files.delete_file(guard.principal, row.id)
     return Deleted(id=row.id, object="file")
-
-
-def _compartment_paths(session: Session, principal: Principal) -> dict[str | None, tuple[str, ...]]:
-    """Every compartment's path from the tenancy root, by id (None: the root itself)."""
-    rows = {row.id: row for row in identity.list_compartments(session, principal)}
-    paths: dict[str | None, tuple[str, ...]] = {None: ()}
-    for row in rows.values():
-        names, current, seen = [], row, set()
-        while current is not None and current.id not in seen:
-            seen.add(current.id)
-            names.append(current.name)
-            current = rows.get(current.parent_id) if current.parent_id else None
-        paths[row.id] = tuple(reversed(names))
-    return paths

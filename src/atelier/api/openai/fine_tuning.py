@@ -13,21 +13,18 @@ for how one is chosen, and the 409 when there is none). The work is in
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.access import Access
-from atelier.api.deps import AccessDep
-from atelier.api.references import body_reference
-from atelier.api.resources.clusters import cluster_service, compartment_path
-from atelier.cloud.fine_tuning import Checkpoint, FineTuningService, JobRequest
+from atelier.api.authz import Guard
+from atelier.api.deps import GuardDep, ServicesDep
+from atelier.api.envelopes import unix
+from atelier.cloud.custom_models import custom_model_name
+from atelier.cloud.fine_tuning import FILE_FIELDS, Checkpoint, FineTuningService, JobRequest
 from atelier.errors import InvalidInput
-from atelier.store import identity
-from atelier.store.files import FileStore
 from atelier.store.tables import Cluster, Job, JobEvent
 
 router = APIRouter(tags=["fine-tuning"])
@@ -121,21 +118,6 @@ class CheckpointList(BaseModel):
     has_more: bool
 
 
-def _service(request: Request) -> FineTuningService:
-    state = request.app.state
-    return FineTuningService(state.db, FileStore(state.db, state.objects), state.catalog, state.engine.tokenizer,
-                             clusters=cluster_service(request))
-
-
-ServiceDep = Annotated[FineTuningService, Depends(_service)]
-
-
-def _unix(moment: datetime | None) -> int | None:
-    if moment is None:
-        return None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
-
-
 def _error(job: Job) -> JobError | None:
     if job.state != "failed":
         return None
@@ -150,7 +132,7 @@ def job_out(job: Job) -> FineTuningJob:
     """OpenAI's ``fine_tuning.job`` for a job row."""
     p, result = job.payload, job.result or {}
     return FineTuningJob(
-        id=job.id, created_at=_unix(job.created_at), finished_at=_unix(job.finished_at), model=p["model"],
+        id=job.id, created_at=unix(job.created_at), finished_at=unix(job.finished_at), model=p["model"],
         fine_tuned_model=result.get("fine_tuned_model"), organization_id=job.tenancy_id, status=job.state,
         hyperparameters=p["hyperparameters"],
         method={"type": "supervised", "supervised": {"hyperparameters": p["hyperparameters"]}},
@@ -163,15 +145,15 @@ def job_out(job: Job) -> FineTuningJob:
 def _event_out(row: JobEvent) -> JobEventOut:
     data = row.data or None
     kind = "metrics" if data and data.get("type") == "metrics" else "message"
-    return JobEventOut(id=f"{EVENT_PREFIX}{row.id}", created_at=_unix(row.created_at), level=row.level,
+    return JobEventOut(id=f"{EVENT_PREFIX}{row.id}", created_at=unix(row.created_at), level=row.level,
                        message=row.message, type=kind, data=data)
 
 
 def _checkpoint_out(job: Job, found: Checkpoint) -> CheckpointOut:
     m = found.metrics
-    name = (job.result or {}).get("custom_model_name") or f"ft:{job.payload['model']}:{job.id}"
+    name = (job.result or {}).get("custom_model_name") or custom_model_name(job.payload["model"], None, job.id)
     return CheckpointOut(
-        id=f"{CHECKPOINT_PREFIX}{job.id.removeprefix('job_')}-{found.step}", created_at=_unix(found.created_at),
+        id=f"{CHECKPOINT_PREFIX}{job.id.removeprefix('job_')}-{found.step}", created_at=unix(found.created_at),
         fine_tuned_model_checkpoint=f"{name}:ckpt-step-{found.step}", fine_tuning_job_id=job.id,
         metrics=CheckpointMetrics(step=found.step, train_loss=m.get("train_loss"), valid_loss=m.get("valid_loss"),
                                   valid_mean_token_accuracy=m.get("valid_token_accuracy")),
@@ -179,83 +161,53 @@ def _checkpoint_out(job: Job, found: Checkpoint) -> CheckpointOut:
     )  # fmt: skip
 
 
-def _require(access: Access, request: Request, operation: str, job: Job) -> None:
-    path: tuple[str, ...] = ()
-    if job.compartment_id:
-        with request.app.state.db.session() as session:
-            path = identity.compartment_path(session, access.principal, job.compartment_id)
-    access.require(operation, TYPE, target_id=job.id, compartment_path=path, what=f"fine-tuning job {job.id!r}")
-
-
-def _check_files(access: Access, request: Request, body: JobRequest) -> None:
-    """The body's files must be ones the caller may read: otherwise 400 naming the field."""
-    files = FileStore(request.app.state.db, request.app.state.objects)
-    for param in ("training_file", "validation_file"):
-        file_id = getattr(body, param)
-        if file_id is None:
-            continue
-        with body_reference(param):
-            row = files.get_file(access.principal, file_id)
-            path: tuple[str, ...] = ()
-            if row.compartment_id:
-                with request.app.state.db.session() as session:
-                    path = identity.compartment_path(session, access.principal, row.compartment_id)
-            access.require("get", "files", target_id=row.id, target_name=row.filename, compartment_path=path,
-                           what=f"file {file_id!r}")
-
-
-def _create(access: Access, request: Request, service: FineTuningService, body: JobRequest,
-            key: str | None) -> FineTuningJob:
-    _check_files(access, request, body)
+def _create(guard: Guard, service: FineTuningService, body: JobRequest, key: str | None) -> FineTuningJob:
+    for param, _ in FILE_FIELDS:  # the body's files must be ones the caller may read
+        if getattr(body, param) is not None:
+            guard.reference("files", getattr(body, param), "get", param)
+    compartment_id = guard.creation_compartment(TYPE, body.compartment, None) if body.compartment else None
 
     def may_use(cluster: Cluster) -> bool:
-        return access.decide("invoke", "clusters", target_id=cluster.id, target_name=cluster.name,
-                             compartment_path=compartment_path(request, access, cluster.compartment_id)).allowed
+        return guard.allows(cluster, "invoke")
 
-    return job_out(service.create(access.principal, body, idempotency_key=key, may_use=may_use))
+    return job_out(service.create(guard.principal, body, idempotency_key=key, may_use=may_use,
+                                  compartment_id=compartment_id))
 
 
 @router.post("/fine_tuning/jobs", response_model=FineTuningJob, summary="Create a fine-tuning job")
 async def create_job(
     body: JobRequest,
-    request: Request,
-    access: AccessDep,
-    service: ServiceDep,
+    services: ServicesDep,
+    guard: GuardDep,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Retry-safe key.")] = None,
 ) -> FineTuningJob:
     """Validate the files (every problem by line) and queue the job; a failed validation returns the failed job."""
-    return await run_in_threadpool(_create, access, request, service, body, idempotency_key)
+    return await run_in_threadpool(_create, guard, services.fine_tuning, body, idempotency_key)
 
 
 @router.get("/fine_tuning/jobs", response_model=JobList, summary="List fine-tuning jobs")
 def list_jobs(
-    request: Request,
-    access: AccessDep,
-    service: ServiceDep,
+    services: ServicesDep,
+    guard: GuardDep,
     after: Annotated[str | None, Query(max_length=100, description="The last job id of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
-    """Your fine-tuning jobs, newest first."""
-    jobs = service.list(access.principal, after=after, limit=limit)
-    more = len(jobs) == limit and bool(service.list(access.principal, after=jobs[-1].id, limit=1))
-    visible = [j for j in jobs if access.visible(TYPE, target_id=j.id, target_name=None)]
-    return JobList(data=[job_out(j) for j in visible], has_more=more)
+    """Your fine-tuning jobs, newest first (the ones you may inspect)."""
+    jobs, more = services.fine_tuning.list(guard.principal, after=after, limit=limit, keep=guard.visible)
+    return JobList(data=[job_out(j) for j in jobs], has_more=more)
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}", response_model=FineTuningJob, summary="Retrieve a job")
-def retrieve_job(fine_tuning_job_id: str, request: Request, access: AccessDep, service: ServiceDep) -> FineTuningJob:
+def retrieve_job(fine_tuning_job_id: str, guard: GuardDep) -> FineTuningJob:
     """One fine-tuning job."""
-    job = service.get(access.principal, fine_tuning_job_id)
-    _require(access, request, "get", job)
-    return job_out(job)
+    return job_out(guard.load(TYPE, fine_tuning_job_id, "get"))
 
 
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", response_model=FineTuningJob, summary="Cancel a job")
-def cancel_job(fine_tuning_job_id: str, request: Request, access: AccessDep, service: ServiceDep) -> FineTuningJob:
+def cancel_job(fine_tuning_job_id: str, services: ServicesDep, guard: GuardDep) -> FineTuningJob:
     """Cancel: at once when waiting, within seconds when running; 409 once it succeeded or failed."""
-    job = service.get(access.principal, fine_tuning_job_id)
-    _require(access, request, "update", job)
-    return job_out(service.cancel(access.principal, job.id))
+    job = guard.load(TYPE, fine_tuning_job_id, "update")
+    return job_out(services.fine_tuning.cancel(guard.principal, job.id))
 
 
 def _cursor(after: str | None, prefix: str) -> int | None:
@@ -270,16 +222,15 @@ def _cursor(after: str | None, prefix: str) -> int | None:
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", response_model=EventList, summary="List job events")
 def list_events(
     fine_tuning_job_id: str,
-    request: Request,
-    access: AccessDep,
-    service: ServiceDep,
+    services: ServicesDep,
+    guard: GuardDep,
     after: Annotated[str | None, Query(max_length=100, description="The last event id of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> EventList:
     """The job's events (state changes, metrics, checkpoints), newest first."""
-    job = service.get(access.principal, fine_tuning_job_id)
-    _require(access, request, "get", job)
-    rows = service.events(access.principal, job.id, after=_cursor(after, EVENT_PREFIX), limit=min(limit + 1, 1000))
+    job = guard.load(TYPE, fine_tuning_job_id, "get")
+    rows = services.fine_tuning.events(guard.principal, job.id, after=_cursor(after, EVENT_PREFIX),
+                                       limit=min(limit + 1, 1000))
     return EventList(data=[_event_out(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
 
@@ -288,19 +239,17 @@ def list_events(
 )
 def list_checkpoints(
     fine_tuning_job_id: str,
-    request: Request,
-    access: AccessDep,
-    service: ServiceDep,
+    services: ServicesDep,
+    guard: GuardDep,
     after: Annotated[str | None, Query(max_length=100, description="The last checkpoint id of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CheckpointList:
     """The checkpoints the job completed, newest first, with the metrics of their step."""
-    job = service.get(access.principal, fine_tuning_job_id)
-    _require(access, request, "get", job)
+    job = guard.load(TYPE, fine_tuning_job_id, "get")
     step = None
     if after is not None:
         step = _cursor(after.rsplit("-", 1)[-1] if after.startswith(CHECKPOINT_PREFIX) else after, "")
-    found = service.checkpoints(access.principal, job.id, after=step, limit=min(limit + 1, 100))
+    found = services.fine_tuning.checkpoints(guard.principal, job.id, after=step, limit=min(limit + 1, 100))
     data = [_checkpoint_out(job, c) for c in found[:limit]]
     return CheckpointList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                           has_more=len(found) > limit)

@@ -7,44 +7,24 @@ passages, then the question). The system message becomes the fixed grounding ins
 followed by the caller's own system message if there was one; earlier turns are kept. The
 response is a ``chat.completion`` (or its chunks) plus ``citations``: in a stream, on the
 chunk that carries the finish reason. Nothing relevant found: the fixed no-answer text,
-without calling the model.
+without calling the model. Retrieval and the prompt are ``cloud.grounding``'s.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
+from fastapi import Request
 
-from fastapi import Request, Response
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
-
-from atelier.api.errors import domain_error_payload, server_error_payload
-from atelier.api.openai import generation, grounded
-from atelier.api.openai.generation import CLIENT_CLOSED
-from atelier.api.openai.grounded import CitationOut
-from atelier.api.openai.protocol import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChunkChoice,
-    ChunkDelta,
-    KnowledgeBaseOption,
-    UsageInfo,
-)
-from atelier.api.references import body_reference
-from atelier.api.resources.knowledge_bases import kb_service, loaded_kb
-from atelier.api.streaming import DONE, SSEResponse, sse_event
+from atelier.api.authz import Guard
+from atelier.api.citations import CitationOut, citations_out
+from atelier.api.openai.protocol import ChatCompletion, ChatCompletionRequest, KnowledgeBaseOption
+from atelier.api.openai.serving import respond_chat
+from atelier.api.services import Services
+from atelier.cloud.grounding import NO_ANSWER
 from atelier.cloud.knowledge_bases import QueryRequest, SearchFilter
-from atelier.engine.types import Usage
-from atelier.errors import AtelierError, InvalidInput
-from atelier.principal import Principal
-from atelier.rag.answer import NO_ANSWER, build_messages
+from atelier.errors import InvalidInput
+from atelier.prompts.formats import normalize_messages
+from atelier.rag.answer import build_messages
 from atelier.rag.indexing import Hit
-
-log = logging.getLogger(__name__)
 
 
 class GroundedChatCompletion(ChatCompletion):
@@ -68,11 +48,6 @@ def grounded_messages(messages: list[dict], passages: list[Hit]) -> list[dict]:
     return [head, *turns, tail, *messages[last + 1:]]
 
 
-def _option(body: ChatCompletionRequest) -> KnowledgeBaseOption:
-    option = body.knowledge_base
-    return KnowledgeBaseOption(id=option) if isinstance(option, str) else option  # type: ignore[arg-type]
-
-
 def _question(messages: list[dict]) -> str:
     for message in reversed(messages):
         if message["role"] == "user" and message["content"].strip():
@@ -80,107 +55,41 @@ def _question(messages: list[dict]) -> str:
     raise InvalidInput("knowledge_base needs a non-empty user message to answer", param="messages")
 
 
-async def complete(request: Request, principal: Principal, body: ChatCompletionRequest, messages: list[dict],
-                   raw_messages: list[dict]):
+async def complete(request: Request, services: Services, guard: Guard, body: ChatCompletionRequest,
+                   messages: list[dict]):
     """Answer the chat from the knowledge base named in ``body.knowledge_base``.
 
     Args:
         request: The HTTP request.
-        principal: The caller.
-        body: The chat request.
+        services: The service's parts.
+        guard: The caller's authorization.
+        body: The chat request (its last user message, as sent, is the search query).
         messages: The conversation after prompt engineering (what would be rendered).
-        raw_messages: The conversation as sent (its last user message is the search query).
 
     Raises:
         InvalidInput: No such knowledge base for the caller (``param="knowledge_base"``), no
             user message, or a prompt that does not fit the model.
         Forbidden: The caller may see the knowledge base but not use it.
     """
-    option = _option(body)
-    service = kb_service(request)
-    with body_reference("knowledge_base"):
-        kb = await run_in_threadpool(loaded_kb, request, request.state.access, service, option.id, "invoke")
-    query = QueryRequest(query=_question(raw_messages)[:8000], mode=option.mode, top_k=option.top_k,
+    option = body.knowledge_base
+    if isinstance(option, str):
+        option = KnowledgeBaseOption(id=option)
+    kb = guard.reference("knowledge-bases", option.id, "invoke", "knowledge_base")
+    raw = normalize_messages([m.model_dump() for m in body.messages])
+    query = QueryRequest(query=_question(raw)[:8000], mode=option.mode, top_k=option.top_k,
                          filter=SearchFilter(document_ids=option.document_ids, tags=option.tags), rerank=option.rerank)
-    hits = await grounded.search(request, service, kb, query)
-    requested, max_param = body.requested_max_tokens()
-    ready = await grounded.prepare(
-        request, body.model, lambda passages: grounded_messages(messages, passages), hits, kb, mode=option.mode,
-        params=lambda limit: body.sampling(limit(requested)), prompt_param="messages", max_param=max_param,
+    grounding = services.grounding
+    hits = await grounding.search(guard.principal, kb, query)
+    ready = await grounding.prepare(
+        guard, kb, hits, mode=option.mode, model=body.model,
+        messages_for=lambda passages: grounded_messages(messages, passages), sampling=body.sampling,
+        limit=body.limit("messages"),
     )  # fmt: skip
-    completion_id = generation.new_id("chatcmpl")
-    head = {**generation.response_head(completion_id, ready.served.spec), "model": ready.served.name}
-    if ready.job is None:
-        if body.stream:
-            return SSEResponse(_fixed(head, NO_ANSWER, body.include_usage))
-        return _json(GroundedChatCompletion(
-            **head, choices=[ChatChoice(message=AssistantMessage(content=NO_ANSWER), finish_reason="stop")],
-            usage=UsageInfo(prompt_tokens=0, total_tokens=0), citations=[],
-        ))  # fmt: skip
-    engine = request.app.state.engine
-    events = await generation.open_generation(request, principal, engine, ready.served.spec.name, ready.job)
-    prompt_tokens = len(ready.job.prompt_ids)
-    if body.stream:
-        chunks = _chunks(events, head, prompt_tokens, body.include_usage, ready.passages)
-        return SSEResponse(generation.ClosingBody(chunks, events))
-    outcome = await generation.collect(events, prompt_tokens, request)
-    if outcome is None:
-        return Response(status_code=CLIENT_CLOSED)
-    return _json(GroundedChatCompletion(
-        **head, choices=[ChatChoice(message=AssistantMessage(content=outcome.text), finish_reason=outcome.finish_reason)],
-        usage=generation.usage_info(outcome.usage), citations=_citations(outcome.text, ready.passages),
-    ))  # fmt: skip
 
+    def extras(text: str) -> dict:
+        cited = citations_out(grounding.cite(text, ready.passages)) if ready.prepared is not None else []
+        return {"citations": [c.model_dump(mode="json") for c in cited]}
 
-def _json(completion: GroundedChatCompletion) -> JSONResponse:
-    """The completion as sent (the chat route's response model would drop ``citations``)."""
-    return JSONResponse(completion.model_dump(mode="json"))
-
-
-def _citations(text: str, passages: list[Hit]) -> list[CitationOut]:
-    return grounded.cited(text, passages)
-
-
-def _chunk(head: dict, delta: ChunkDelta, finish: str | None = None, cited: list[CitationOut] | None = None) -> str:
-    payload = ChatCompletionChunk(**head, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
-    if cited is None:
-        return sse_event(payload)
-    return sse_event({**payload.model_dump(mode="json"), "citations": [c.model_dump() for c in cited]})
-
-
-async def _fixed(head: dict, text: str, include_usage: bool) -> AsyncIterator[str]:
-    """The no-answer reply as a stream."""
-    yield _chunk(head, ChunkDelta(role="assistant", content=""))
-    yield _chunk(head, ChunkDelta(content=text))
-    yield _chunk(head, ChunkDelta(), "stop", [])
-    if include_usage:
-        yield sse_event(ChatCompletionChunk(**head, choices=[], usage=UsageInfo(prompt_tokens=0, total_tokens=0)))
-    yield DONE
-
-
-async def _chunks(events: generation.Metered, head: dict, prompt_tokens: int, include_usage: bool,
-                  passages: list[Hit]) -> AsyncIterator[str]:
-    """SSE events as ``chat._chunks`` sends them, with ``citations`` on the finishing chunk."""
-    generated, parts = 0, []
-    try:
-        yield _chunk(head, ChunkDelta(role="assistant", content=""))
-        async for event in events:
-            generated += len(event.token_ids)
-            if event.text:
-                parts.append(event.text)
-                yield _chunk(head, ChunkDelta(content=event.text))
-            if event.finish_reason is not None:
-                cited = _citations("".join(parts), passages)
-                yield _chunk(head, ChunkDelta(), generation.finish_reason(event), cited)
-                if include_usage:
-                    usage = event.usage or Usage(prompt_tokens, generated)
-                    yield sse_event(ChatCompletionChunk(**head, choices=[], usage=generation.usage_info(usage)))
-                break
-        yield DONE
-    except AtelierError as exc:
-        yield sse_event(domain_error_payload(exc))
-    except Exception:
-        log.exception("grounded chat stream %s failed", head["id"])
-        yield sse_event(server_error_payload())
-    finally:
-        await events.aclose()
+    return await respond_chat(request, services.generation, guard.principal, ready.prepared, ready.served,
+                              stream=body.stream, include_usage=body.include_usage, fixed_text=NO_ANSWER,
+                              extras=extras)

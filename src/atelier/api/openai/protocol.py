@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
+from atelier.cloud.generation import Limit
 from atelier.engine.embedding import MAX_INPUTS
 from atelier.engine.types import SamplingParams
 from atelier.prompts.templates import Example
@@ -94,6 +95,11 @@ class _Generation(_Request):
     def requested_max_tokens(self) -> tuple[int | None, str]:
         """The requested token limit and the name of the parameter that carried it."""
         return self.max_tokens, "max_tokens"
+
+    def limit(self, prompt_param: str) -> Limit:
+        """The requested token limit, with the parameters to name when it or the prompt does not fit."""
+        requested, max_param = self.requested_max_tokens()
+        return Limit(requested, max_param, prompt_param)
 
     def sampling(self, max_tokens: int) -> SamplingParams:
         """The engine's sampling parameters, defaults filled in for null fields."""

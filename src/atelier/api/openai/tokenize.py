@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.deps import CatalogDep, EngineDep, SettingsDep
+from atelier.api.deps import ServicesDep
 from atelier.api.openai.protocol import TokenizeRequest, TokenizeResponse
 from atelier.prompts.tokens import tokenize
 
@@ -16,14 +16,12 @@ router = APIRouter(tags=["atelier"])
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, summary="Tokenize a text")
-async def tokenize_text(
-    body: TokenizeRequest, engine: EngineDep, catalog: CatalogDep, settings: SettingsDep
-) -> TokenizeResponse:
+async def tokenize_text(body: TokenizeRequest, services: ServicesDep) -> TokenizeResponse:
     """Token ids of ``text`` for ``model`` (chat or embedding), each decoded alone, and their count."""
-    spec = catalog.get(body.model or settings.default_chat_model)
+    spec = services.catalog.get(body.model or services.settings.default_chat_model)
 
     def run() -> dict:
-        return tokenize(engine.tokenizer(spec.name), body.text)
+        return tokenize(services.engine.tokenizer(spec.name), body.text)
 
     result = await run_in_threadpool(run)
     return TokenizeResponse(model=spec.name, **result)

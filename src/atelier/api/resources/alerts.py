@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.deps import AccessDep
+from atelier.api.deps import AccessDep, ServicesDep
 from atelier.api.envelopes import ObjectList
 from atelier.errors import InvalidInput, NotFound
 from atelier.security.alerts import KINDS, Kind, list_alerts
@@ -49,7 +49,7 @@ class AlertQuery(BaseModel):
 
 @router.get("/alerts", response_model=ObjectList[AlertOut], summary="List anomaly alerts")
 async def list_anomaly_alerts(
-    request: Request, access: AccessDep, query: Annotated[AlertQuery, Query()]
+    services: ServicesDep, access: AccessDep, query: Annotated[AlertQuery, Query()]
 ) -> ObjectList[AlertOut]:
     """The caller's tenancy's alerts (every alert for the operator), oldest first.
 
@@ -72,6 +72,6 @@ async def list_anomaly_alerts(
         except OverflowError:
             raise InvalidInput("the time is out of range", param="since") from None
     alerts = await run_in_threadpool(
-        list_alerts, request.app.state.db, scope, every_tenancy=every, kind=query.kind, since=since, limit=query.limit
+        list_alerts, services.db, scope, every_tenancy=every, kind=query.kind, since=since, limit=query.limit
     )
     return ObjectList[AlertOut](data=[AlertOut(**alert.to_dict()) for alert in alerts])

@@ -12,12 +12,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from atelier.api.deps import AccessDep
-from atelier.errors import Forbidden, InvalidInput, NotFound, Unavailable
-from atelier.security.audit import AuditLog
+from atelier.api.deps import AccessDep, ServicesDep
+from atelier.errors import Forbidden, InvalidInput, NotFound
 
 router = APIRouter(tags=["audit"])
 
@@ -60,13 +59,6 @@ class AuditReportOut(BaseModel):
     problems: list[str] = Field(description="One line per problem, naming the sequence numbers concerned.")
 
 
-def _log(request: Request) -> AuditLog:
-    trail = getattr(request.app.state, "audit", None)
-    if trail is None:
-        raise Unavailable("the audit log is not open")
-    return trail.log
-
-
 def _utc(value: datetime | None, param: str) -> datetime | None:
     """A query time in UTC; one without a zone is taken as UTC.
 
@@ -103,7 +95,7 @@ class AuditQuery(BaseModel):
 
 
 @router.get("/audit", response_model=AuditPage, summary="List audit entries")
-def list_audit_entries(request: Request, access: AccessDep, query: Annotated[AuditQuery, Query()]) -> AuditPage:
+def list_audit_entries(services: ServicesDep, access: AccessDep, query: Annotated[AuditQuery, Query()]) -> AuditPage:
     """The caller's tenancy's audit entries matching every filter, oldest first, one page.
 
     Raises:
@@ -123,13 +115,13 @@ def list_audit_entries(request: Request, access: AccessDep, query: Annotated[Aud
     else:
         scope = principal.tenancy_id
     filters = query.model_dump(exclude={"tenancy_id", "all_tenancies", "since", "until"})
-    entries = _log(request).query(scope, since=_utc(query.since, "since"), until=_utc(query.until, "until"), **filters)
+    entries = services.audit.log.query(scope, since=_utc(query.since, "since"), until=_utc(query.until, "until"), **filters)
     data = [AuditEntryOut(**entry.to_dict()) for entry in entries]
     return AuditPage(data=data, next_after_seq=entries[-1].seq if len(entries) == query.limit else None)
 
 
 @router.get("/audit/verify", response_model=AuditReportOut, summary="Verify the audit log")
-def verify_audit_log(request: Request, access: AccessDep) -> AuditReportOut:
+def verify_audit_log(services: ServicesDep, access: AccessDep) -> AuditReportOut:
     """Check the whole hash chain, its signed checkpoints and the head file (operator only)."""
-    report = _log(request).verify()
+    report = services.audit.log.verify()
     return AuditReportOut(**asdict(report))

@@ -9,28 +9,22 @@ so far under the same rules, over the clusters the caller may inspect. The arith
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from atelier.api.deps import AccessDep
-from atelier.api.resources.clusters import TYPE as CLUSTERS, cluster_service, compartment_path
+from atelier.api.deps import GuardDep, ServicesDep
 from atelier.cloud.costs import Cost, EstimateRequest, estimate, metered
 
 router = APIRouter(tags=["costs"])
 
 
 @router.post("/cost-estimate", response_model=Cost, summary="Estimate a month of dedicated capacity")
-def cost_estimate(body: EstimateRequest, request: Request) -> Cost:
+def cost_estimate(body: EstimateRequest, services: ServicesDep) -> Cost:
     """Unit-hours and cost per line and in total (fine-tuning: hourly, 1 h minimum per job; hosting: 744-h months)."""
-    return estimate(body, request.app.state.units)
+    return estimate(body, services.units)
 
 
 @router.get("/costs", response_model=Cost, summary="Metered cost so far")
-def costs_so_far(request: Request, access: AccessDep) -> Cost:
+def costs_so_far(services: ServicesDep, guard: GuardDep) -> Cost:
     """The cost so far of your hosting clusters and fine-tuning jobs (the clusters you may inspect)."""
-    state = request.app.state
-    visible = [
-        row.id for row in cluster_service(request).list(access.principal, include_deleted=True)
-        if access.visible(CLUSTERS, target_id=row.id, target_name=row.name,
-                          compartment_path=compartment_path(request, access, row.compartment_id))
-    ]  # fmt: skip
-    return metered(access.principal, state.db, state.catalog, state.units, clusters=visible)
+    visible = [row.id for row in guard.visible(services.clusters.list(guard.principal, include_deleted=True))]
+    return metered(guard.principal, services.db, services.catalog, services.units, clusters=visible)

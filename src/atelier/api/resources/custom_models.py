@@ -8,20 +8,14 @@ returns the packed PEFT adapter (a tar of ``adapter_config.json`` and
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from atelier.api.access import Access
-from atelier.api.deps import AccessDep
-from atelier.api.envelopes import Deleted
-from atelier.cloud.custom_models import CustomModelService
-from atelier.cloud.endpoints import live_endpoints_of
-from atelier.errors import Conflict
-from atelier.store import identity
+from atelier.api.deps import GuardDep, ServicesDep
+from atelier.api.envelopes import Deleted, unix
 from atelier.store.tables import CustomModel
 
 router = APIRouter(tags=["custom-models"])
@@ -53,17 +47,6 @@ class CustomModelList(BaseModel):
     data: list[CustomModelOut]
 
 
-def _service(request: Request) -> CustomModelService:
-    return CustomModelService(request.app.state.db, request.app.state.objects)
-
-
-ServiceDep = Annotated[CustomModelService, Depends(_service)]
-
-
-def _unix(moment: datetime) -> int:
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
-
-
 def custom_model_out(row: CustomModel) -> CustomModelOut:
     """The API object of a custom model row."""
     return CustomModelOut(
@@ -71,42 +54,21 @@ def custom_model_out(row: CustomModel) -> CustomModelOut:
         trainable_params=row.trainable_params, total_params=row.total_params,
         trainable_fraction=row.trainable_params / row.total_params if row.total_params else 0.0,
         metrics={k: v for k, v in row.metrics.items() if k != "training_config"}, curve=row.curve, state=row.state,
-        created_at=_unix(row.created_at), compartment_id=row.compartment_id,
+        created_at=unix(row.created_at), compartment_id=row.compartment_id,
     )  # fmt: skip
 
 
-def _path(request: Request, access: Access, row: CustomModel) -> tuple[str, ...]:
-    if not row.compartment_id:
-        return ()
-    with request.app.state.db.session() as session:
-        return identity.compartment_path(session, access.principal, row.compartment_id)
-
-
-def _loaded(request: Request, access: Access, service: CustomModelService, model_id: str, op: str) -> CustomModel:
-    row = service.get(access.principal, model_id)
-    access.require(op, TYPE, target_id=row.id, target_name=row.name, compartment_path=_path(request, access, row),
-                   what=f"custom model {model_id!r}")
-    return row
-
-
-def visible_custom_models(request: Request, access: Access) -> list[CustomModel]:
-    """The caller's tenancy's custom models that the caller may inspect."""
-    rows = _service(request).list(access.principal)
-    return [r for r in rows if access.visible(TYPE, target_id=r.id, target_name=r.name,
-                                              compartment_path=_path(request, access, r))]
-
-
 @router.get("/custom-models", response_model=CustomModelList, summary="List custom models")
-def list_custom_models(request: Request, access: AccessDep) -> CustomModelList:
+def list_custom_models(services: ServicesDep, guard: GuardDep) -> CustomModelList:
     """Your tenancy's custom models, oldest first."""
-    return CustomModelList(data=[custom_model_out(r) for r in visible_custom_models(request, access)])
+    rows = guard.visible(services.custom_models.list(guard.principal))
+    return CustomModelList(data=[custom_model_out(r) for r in rows])
 
 
 @router.get("/custom-models/{custom_model_id}", response_model=CustomModelOut, summary="Retrieve a custom model")
-def retrieve_custom_model(custom_model_id: str, request: Request, access: AccessDep,
-                          service: ServiceDep) -> CustomModelOut:
-    """One custom model, with its metrics and training curve."""
-    return custom_model_out(_loaded(request, access, service, custom_model_id, "get"))
+def retrieve_custom_model(custom_model_id: str, guard: GuardDep) -> CustomModelOut:
+    """One custom model (by id, or by its `ft:…` name), with its metrics and training curve."""
+    return custom_model_out(guard.load(TYPE, custom_model_id, "get"))
 
 
 @router.get(
@@ -115,23 +77,15 @@ def retrieve_custom_model(custom_model_id: str, request: Request, access: Access
     responses={200: {"content": {"application/x-tar": {}}, "description": "The packed PEFT adapter."}},
     summary="Download a custom model's adapter",
 )
-def download_adapter(custom_model_id: str, request: Request, access: AccessDep, service: ServiceDep) -> Response:
+def download_adapter(custom_model_id: str, services: ServicesDep, guard: GuardDep) -> Response:
     """The adapter as a tar of `adapter_config.json` and `adapter_model.safetensors` (PEFT's format)."""
-    row = _loaded(request, access, service, custom_model_id, "get")
-    return Response(service.adapter(access.principal, row.id), media_type="application/x-tar")
+    row = guard.load(TYPE, custom_model_id, "get")
+    return Response(services.custom_models.adapter(guard.principal, row.id), media_type="application/x-tar")
 
 
 @router.delete("/custom-models/{custom_model_id}", response_model=Deleted, summary="Delete a custom model")
-def delete_custom_model(custom_model_id: str, request: Request, access: AccessDep, service: ServiceDep) -> Deleted:
+def delete_custom_model(custom_model_id: str, services: ServicesDep, guard: GuardDep) -> Deleted:
     """Delete the custom model and its sealed adapter; 409 while an endpoint hosts it."""
-    row = _loaded(request, access, service, custom_model_id, "delete")
-    with request.app.state.db.session() as session:
-        hosted = live_endpoints_of(session, row.id)
-    if hosted:
-        raise Conflict(f"custom model {row.id!r} is hosted by {hosted} endpoint(s): delete them first")
-    service.delete(access.principal, row.id)
-    engine = request.app.state.engine
-    slot = getattr(engine, "adapter_slot", lambda key: None)(row.id)
-    if slot is not None:
-        engine.remove_adapter(slot)
+    row = guard.load(TYPE, custom_model_id, "delete")
+    services.custom_models.delete(guard.principal, row.id)
     return Deleted(id=row.id, object="custom_model")

@@ -5,23 +5,20 @@ Policies decide on resource type ``endpoints``; the cluster named in the body ne
 ``custom-models`` (otherwise, or when they are another tenancy's: 400 "not found or not
 authorized"). A full hosting cluster answers 409 ``capacity_exceeded``. The work is
 ``atelier.cloud.endpoints``'s; chat and completions reach an endpoint through
-``api/openai/served_models.py``.
+``atelier.cloud.served_models``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from atelier.api.access import Access
-from atelier.api.deps import AccessDep
-from atelier.api.envelopes import Deleted
-from atelier.api.references import body_reference
-from atelier.api.resources.clusters import cluster_service, compartment_path, creation_compartment, unix
-from atelier.cloud.custom_models import CustomModelService
-from atelier.cloud.endpoints import CUSTOM_MODEL_PREFIX, EndpointRequest, EndpointService, EndpointUpdate
+from atelier.api.deps import GuardDep, ServicesDep
+from atelier.api.envelopes import Deleted, unix
+from atelier.cloud.custom_models import is_custom_model_ref
+from atelier.cloud.endpoints import EndpointRequest, EndpointUpdate
 from atelier.store.tables import Endpoint
 
 router = APIRouter(tags=["endpoints"])
@@ -53,15 +50,6 @@ class EndpointList(BaseModel):
     data: list[EndpointOut]
 
 
-def endpoint_service(request: Request) -> EndpointService:
-    """The endpoint service over the app's database, catalog and loaded adapters."""
-    state = request.app.state
-    return EndpointService(state.db, state.catalog, CustomModelService(state.db, state.objects), state.adapters)
-
-
-ServiceDep = Annotated[EndpointService, Depends(endpoint_service)]
-
-
 def endpoint_out(row: Endpoint) -> EndpointOut:
     """The API object of an endpoint row."""
     return EndpointOut(
@@ -72,82 +60,44 @@ def endpoint_out(row: Endpoint) -> EndpointOut:
     )  # fmt: skip
 
 
-def require_endpoint(request: Request, access: Access, row: Endpoint, operation: str) -> None:
-    """Allow ``operation`` on the endpoint, or raise (404 when the caller may not even inspect it)."""
-    access.require(operation, TYPE, target_id=row.id, target_name=row.name,
-                   compartment_path=compartment_path(request, access, row.compartment_id), what=f"endpoint {row.id!r}")
-
-
-def visible_endpoints(request: Request, access: Access, service: EndpointService, **filters) -> list[Endpoint]:
-    """The tenancy's endpoints the caller may inspect."""
-    return [
-        row for row in service.list(access.principal, **filters)
-        if access.visible(TYPE, target_id=row.id, target_name=row.name,
-                          compartment_path=compartment_path(request, access, row.compartment_id))
-    ]  # fmt: skip
-
-
-def _loaded(request: Request, access: Access, service: EndpointService, endpoint_id: str, operation: str) -> Endpoint:
-    row = service.get(access.principal, endpoint_id)
-    require_endpoint(request, access, row, operation)
-    return row
-
-
-def _check_references(request: Request, access: Access, body: EndpointRequest) -> None:
-    """The body's cluster and custom model must be ones the caller may use: otherwise 400 naming the field."""
-    clusters = cluster_service(request)
-    with body_reference("cluster_id"):
-        cluster = clusters.get(access.principal, body.cluster_id)
-        access.require("invoke", "clusters", target_id=cluster.id, target_name=cluster.name,
-                       compartment_path=compartment_path(request, access, cluster.compartment_id),
-                       what=f"cluster {body.cluster_id!r}")
-    if body.model.startswith(CUSTOM_MODEL_PREFIX):
-        models = CustomModelService(request.app.state.db, request.app.state.objects)
-        with body_reference("model"):
-            row = models.get(access.principal, body.model)
-            access.require("invoke", "custom-models", target_id=row.id, target_name=row.name,
-                           compartment_path=compartment_path(request, access, row.compartment_id),
-                           what=f"custom model {body.model!r}")
-
-
 @router.post("/endpoints", response_model=EndpointOut, status_code=201, summary="Create an endpoint")
-def create_endpoint(body: EndpointRequest, request: Request, access: AccessDep, service: ServiceDep) -> EndpointOut:
+def create_endpoint(body: EndpointRequest, services: ServicesDep, guard: GuardDep) -> EndpointOut:
     """Serve the cluster's base model or a custom model of it; 409 `capacity_exceeded` on a full cluster."""
-    compartment_id = creation_compartment(request, access, TYPE, body.compartment, body.name)
-    _check_references(request, access, body)
-    return endpoint_out(service.create(access.principal, body, compartment_id=compartment_id))
+    compartment_id = guard.creation_compartment(TYPE, body.compartment, body.name)
+    guard.reference("clusters", body.cluster_id, "invoke", "cluster_id")
+    if is_custom_model_ref(body.model):
+        guard.reference("custom-models", body.model, "invoke", "model")
+    return endpoint_out(services.endpoints.create(guard.principal, body, compartment_id=compartment_id))
 
 
 @router.get("/endpoints", response_model=EndpointList, summary="List endpoints")
 def list_endpoints(
-    request: Request,
-    access: AccessDep,
-    service: ServiceDep,
+    services: ServicesDep,
+    guard: GuardDep,
     cluster_id: Annotated[str | None, Query(max_length=100, description="Only this cluster's endpoints.")] = None,
     include_deleted: Annotated[bool, Query(description="Show deleted endpoints too.")] = False,
 ) -> EndpointList:
     """Your tenancy's endpoints you may inspect, oldest first."""
-    rows = visible_endpoints(request, access, service, cluster_id=cluster_id, include_deleted=include_deleted)
-    return EndpointList(data=[endpoint_out(row) for row in rows])
+    rows = services.endpoints.list(guard.principal, cluster_id=cluster_id, include_deleted=include_deleted)
+    return EndpointList(data=[endpoint_out(row) for row in guard.visible(rows)])
 
 
 @router.get("/endpoints/{endpoint_id}", response_model=EndpointOut, summary="Retrieve an endpoint")
-def retrieve_endpoint(endpoint_id: str, request: Request, access: AccessDep, service: ServiceDep) -> EndpointOut:
+def retrieve_endpoint(endpoint_id: str, guard: GuardDep) -> EndpointOut:
     """One endpoint."""
-    return endpoint_out(_loaded(request, access, service, endpoint_id, "get"))
+    return endpoint_out(guard.load(TYPE, endpoint_id, "get"))
 
 
 @router.patch("/endpoints/{endpoint_id}", response_model=EndpointOut, summary="Update an endpoint")
-def update_endpoint(endpoint_id: str, body: EndpointUpdate, request: Request, access: AccessDep,
-                    service: ServiceDep) -> EndpointOut:
+def update_endpoint(endpoint_id: str, body: EndpointUpdate, services: ServicesDep, guard: GuardDep) -> EndpointOut:
     """Rename it or change its description."""
-    row = _loaded(request, access, service, endpoint_id, "update")
-    return endpoint_out(service.update(access.principal, row.id, body))
+    row = guard.load(TYPE, endpoint_id, "update")
+    return endpoint_out(services.endpoints.update(guard.principal, row.id, body))
 
 
 @router.delete("/endpoints/{endpoint_id}", response_model=Deleted, summary="Delete an endpoint")
-def delete_endpoint(endpoint_id: str, request: Request, access: AccessDep, service: ServiceDep) -> Deleted:
+def delete_endpoint(endpoint_id: str, services: ServicesDep, guard: GuardDep) -> Deleted:
     """Stop serving it; the last endpoint of a custom model frees the adapter's memory."""
-    row = _loaded(request, access, service, endpoint_id, "delete")
-    service.delete(access.principal, row.id)
+    row = guard.load(TYPE, endpoint_id, "delete")
+    services.endpoints.delete(guard.principal, row.id)
     return Deleted(id=row.id, object="endpoint")

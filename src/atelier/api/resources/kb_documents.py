@@ -24,10 +24,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.deps import AccessDep
-from atelier.api.envelopes import Deleted
-from atelier.api.resources.clusters import unix
-from atelier.api.resources.knowledge_bases import ServiceDep, loaded_kb
+from atelier.api.deps import GuardDep, ServicesDep
+from atelier.api.envelopes import Deleted, unix
 from atelier.api.uploads import read_form
 from atelier.cloud.knowledge_bases import KnowledgeBaseService
 from atelier.errors import InvalidInput
@@ -35,6 +33,8 @@ from atelier.principal import Principal
 from atelier.store.tables import KbDocument
 
 router = APIRouter(tags=["knowledge-bases"])
+
+KNOWLEDGE_BASES = "knowledge-bases"
 
 FILE_FIELD = "file"
 
@@ -129,42 +129,44 @@ def parse_tags(raw: str | None) -> list[str]:
 @router.post("/knowledge-bases/{knowledge_base_id}/documents", response_model=DocumentOut, status_code=201,
              summary="Upload a document", openapi_extra=UPLOAD_BODY,
              responses={200: {"model": DocumentOut, "description": "The same bytes were already there."}})
-async def upload_document(knowledge_base_id: str, request: Request, access: AccessDep, service: ServiceDep):
+async def upload_document(knowledge_base_id: str, request: Request, services: ServicesDep, guard: GuardDep):
     """Upload a document (multipart: `file`, optional `tags`); it is stored sealed and ingested by a job."""
-    kb = await run_in_threadpool(loaded_kb, request, access, service, knowledge_base_id, "update")
-    form = await read_form(request, file_field=FILE_FIELD, max_file_bytes=request.app.state.settings.max_file_bytes)
+    kb = await run_in_threadpool(guard.load, KNOWLEDGE_BASES, knowledge_base_id, "update")
+    form = await read_form(request, file_field=FILE_FIELD, max_file_bytes=services.settings.max_file_bytes)
     if form.data is None:
         raise InvalidInput(f"a file is required: send it as the multipart part {FILE_FIELD!r}", param=FILE_FIELD)
     tags = parse_tags(form.fields.get("tags"))
-    upload = await run_in_threadpool(service.add_document, access.principal, kb.id, filename=form.filename,
+    service = services.knowledge_bases
+    upload = await run_in_threadpool(service.add_document, guard.principal, kb.id, filename=form.filename,
                                      data=form.data, tags=tags)
-    body = document_out(service, access.principal, upload.document)
+    body = document_out(service, guard.principal, upload.document)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if upload.created else 200)
 
 
 @router.get("/knowledge-bases/{knowledge_base_id}/documents", response_model=DocumentList,
             summary="List a knowledge base's documents")
-def list_documents(knowledge_base_id: str, request: Request, access: AccessDep, service: ServiceDep) -> DocumentList:
+def list_documents(knowledge_base_id: str, services: ServicesDep, guard: GuardDep) -> DocumentList:
     """The documents of the knowledge base, oldest first, with their ingestion state."""
-    kb = loaded_kb(request, access, service, knowledge_base_id, "get")
-    rows = service.list_documents(access.principal, kb.id)
-    return DocumentList(data=[document_out(service, access.principal, row) for row in rows])
+    kb = guard.load(KNOWLEDGE_BASES, knowledge_base_id, "get")
+    service = services.knowledge_bases
+    rows = service.list_documents(guard.principal, kb.id)
+    return DocumentList(data=[document_out(service, guard.principal, row) for row in rows])
 
 
 @router.get("/knowledge-bases/{knowledge_base_id}/documents/{document_id}", response_model=DocumentOut,
             summary="Retrieve a document")
-def retrieve_document(knowledge_base_id: str, document_id: str, request: Request, access: AccessDep,
-                      service: ServiceDep) -> DocumentOut:
+def retrieve_document(knowledge_base_id: str, document_id: str, services: ServicesDep,
+                      guard: GuardDep) -> DocumentOut:
     """One document, with its ingestion state and progress."""
-    kb = loaded_kb(request, access, service, knowledge_base_id, "get")
-    return document_out(service, access.principal, service.get_document(access.principal, kb.id, document_id))
+    kb = guard.load(KNOWLEDGE_BASES, knowledge_base_id, "get")
+    service = services.knowledge_bases
+    return document_out(service, guard.principal, service.get_document(guard.principal, kb.id, document_id))
 
 
 @router.delete("/knowledge-bases/{knowledge_base_id}/documents/{document_id}", response_model=Deleted,
                summary="Delete a document")
-def delete_document(knowledge_base_id: str, document_id: str, request: Request, access: AccessDep,
-                    service: ServiceDep) -> Deleted:
+def delete_document(knowledge_base_id: str, document_id: str, services: ServicesDep, guard: GuardDep) -> Deleted:
     """Delete the document, its chunks, its vectors and its stored bytes."""
-    kb = loaded_kb(request, access, service, knowledge_base_id, "update")
-    row = service.delete_document(access.principal, kb.id, document_id)
+    kb = guard.load(KNOWLEDGE_BASES, knowledge_base_id, "update")
+    row = services.knowledge_bases.delete_document(guard.principal, kb.id, document_id)
     return Deleted(id=row.id, object="knowledge_base.document")

@@ -12,13 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from atelier.api.access import Access
-from atelier.api.deps import AccessDep
+from atelier.api.deps import AccessDep, ServicesDep
 from atelier.errors import InvalidInput
-from atelier.security.crypto import KeyManager, RingState
+from atelier.security.crypto import RingState
 from atelier.security.policy import Operation
 
 router = APIRouter(tags=["keys"])
@@ -51,10 +51,6 @@ class RetireIn(BaseModel):
     below: int = Field(ge=1, le=1_000_000, description="Retire every version below this one.")
 
 
-def _keys(request: Request) -> KeyManager:
-    return request.app.state.keys
-
-
 def _allow(access: Access, operation: Operation) -> str:
     """Check ``operation`` on the caller's key ring; returns its tenancy id."""
     tenancy_id = access.principal.tenancy_id
@@ -75,35 +71,35 @@ def _out(tenancy_id: str, ring: RingState | None) -> KeyRingOut:
 
 
 @router.get("/key-ring", response_model=KeyRingOut, summary="Show the key ring")
-def show_key_ring(request: Request, access: AccessDep) -> KeyRingOut:
+def show_key_ring(services: ServicesDep, access: AccessDep) -> KeyRingOut:
     """The tenancy's key versions: current, minimum for decryption, each one's state."""
     tenancy_id = _allow(access, "get")
-    return _out(tenancy_id, _keys(request).describe(tenancy_id))
+    return _out(tenancy_id, services.keys.describe(tenancy_id))
 
 
 @router.post("/key-ring/rotate", response_model=KeyRingOut, summary="Rotate the key ring")
-def rotate_key_ring(request: Request, access: AccessDep) -> KeyRingOut:
+def rotate_key_ring(services: ServicesDep, access: AccessDep) -> KeyRingOut:
     """Add a key version; new objects use it, existing ones still open under theirs."""
     tenancy_id = _allow(access, "create")
-    keys = _keys(request)
+    keys = services.keys
     keys.rotate(tenancy_id)
     return _out(tenancy_id, keys.describe(tenancy_id))
 
 
 @router.post("/key-ring/rewrap", response_model=RewrapOut, summary="Rewrap every object")
-def rewrap_objects(request: Request, access: AccessDep) -> RewrapOut:
+def rewrap_objects(services: ServicesDep, access: AccessDep) -> RewrapOut:
     """Move every object's data key to the current version (payloads are not touched).
 
     Raises:
         Undecryptable: A data key does not unwrap (altered row, shredded ring).
     """
     tenancy_id = _allow(access, "create")
-    count = request.app.state.objects.rewrap_all(access.principal)
-    return RewrapOut(rewrapped=count, current_version=_keys(request).current_version(tenancy_id))
+    count = services.objects.rewrap_all(access.principal)
+    return RewrapOut(rewrapped=count, current_version=services.keys.current_version(tenancy_id))
 
 
 @router.post("/key-ring/retire", response_model=KeyRingOut, summary="Retire old key versions")
-def retire_key_versions(body: RetireIn, request: Request, access: AccessDep) -> KeyRingOut:
+def retire_key_versions(body: RetireIn, services: ServicesDep, access: AccessDep) -> KeyRingOut:
     """Refuse to open objects under versions below ``below`` (rewrap them first); cannot be undone.
 
     Raises:
@@ -111,7 +107,7 @@ def retire_key_versions(body: RetireIn, request: Request, access: AccessDep) -> 
         NotFound: The tenancy has no key ring yet.
     """
     tenancy_id = _allow(access, "create")
-    keys = _keys(request)
+    keys = services.keys
     try:
         keys.retire_below(tenancy_id, body.below)
     except InvalidInput as exc:

@@ -3,26 +3,29 @@
 Policies decide on resource type ``knowledge-bases``, per knowledge base's compartment: a
 knowledge base the caller may not inspect answers 404 exactly like a missing one (another
 tenancy's too). ``query`` and ``answer`` need ``use`` (operation ``invoke``). The documents
-of a knowledge base are ``kb_documents.py``'s; grounded generation is
-``api/openai/grounded.py``'s. Rows, files and vectors are ``atelier.cloud.knowledge_bases``'s.
+of a knowledge base are ``kb_documents.py``'s; retrieval and grounded answers are
+``atelier.cloud.grounding``'s; rows, files and vectors ``atelier.cloud.knowledge_bases``'s.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from atelier.api.access import Access
-from atelier.api.deps import AccessDep
-from atelier.api.envelopes import Deleted
-from atelier.api.openai import grounded
-from atelier.api.openai.grounded import CitationOut, Passage, passage_out
+from atelier.api.citations import CitationOut, Passage, citations_out, passage_out
+from atelier.api.deps import GuardDep, ServicesDep
+from atelier.api.envelopes import Deleted, unix
 from atelier.api.openai.protocol import UsageInfo
-from atelier.api.resources.clusters import compartment_path, creation_compartment, unix
-from atelier.cloud.knowledge_bases import KnowledgeBaseCreate, KnowledgeBaseService, QueryRequest, SearchFilter
+from atelier.api.openai.serving import usage_info
+from atelier.api.streaming import CLIENT_CLOSED, collect
+from atelier.cloud.generation import Limit, new_id
+from atelier.cloud.grounding import NO_ANSWER
+from atelier.cloud.knowledge_bases import KnowledgeBaseCreate, QueryRequest, SearchFilter
+from atelier.engine.types import SamplingParams
+from atelier.rag.answer import build_messages
 from atelier.store.tables import KnowledgeBase
 
 router = APIRouter(tags=["knowledge-bases"])
@@ -93,15 +96,6 @@ class Answer(BaseModel):
     usage: UsageInfo
 
 
-def kb_service(request: Request) -> KnowledgeBaseService:
-    """The knowledge-base service over the app's database, objects, vector store and catalog."""
-    state = request.app.state
-    return KnowledgeBaseService(state.db, state.objects, state.vectors, state.catalog)
-
-
-ServiceDep = Annotated[KnowledgeBaseService, Depends(kb_service)]
-
-
 def kb_out(row: KnowledgeBase) -> KnowledgeBaseOut:
     """The API object of a knowledge base row."""
     return KnowledgeBaseOut(
@@ -113,89 +107,74 @@ def kb_out(row: KnowledgeBase) -> KnowledgeBaseOut:
     )  # fmt: skip
 
 
-def require_kb(request: Request, access: Access, row: KnowledgeBase, operation: str) -> None:
-    """Allow ``operation`` on the knowledge base, or raise (404 when the caller may not even inspect it)."""
-    access.require(operation, TYPE, target_id=row.id, target_name=row.name,
-                   compartment_path=compartment_path(request, access, row.compartment_id),
-                   what=f"knowledge base {row.id!r}")
-
-
-def loaded_kb(request: Request, access: Access, service: KnowledgeBaseService, kb_id: str,
-              operation: str) -> KnowledgeBase:
-    """The caller's knowledge base ``kb_id``, once ``operation`` on it is allowed.
-
-    Raises:
-        NotFound: Missing, another tenancy's, or not visible to the caller.
-        Forbidden: Visible, but the caller's verb is too weak.
-    """
-    row = service.get(access.principal, kb_id)
-    require_kb(request, access, row, operation)
-    return row
-
-
 @router.post("/knowledge-bases", response_model=KnowledgeBaseOut, status_code=201,
              summary="Create a knowledge base")
-def create_knowledge_base(body: KnowledgeBaseCreate, request: Request, access: AccessDep,
-                          service: ServiceDep) -> KnowledgeBaseOut:
+def create_knowledge_base(body: KnowledgeBaseCreate, services: ServicesDep, guard: GuardDep) -> KnowledgeBaseOut:
     """Create an empty knowledge base with an embedding model and chunking settings."""
-    compartment_id = creation_compartment(request, access, TYPE, body.compartment, body.name)
-    return kb_out(service.create(access.principal, body, compartment_id=compartment_id))
+    compartment_id = guard.creation_compartment(TYPE, body.compartment, body.name)
+    return kb_out(services.knowledge_bases.create(guard.principal, body, compartment_id=compartment_id))
 
 
 @router.get("/knowledge-bases", response_model=KnowledgeBaseList, summary="List knowledge bases")
-def list_knowledge_bases(request: Request, access: AccessDep, service: ServiceDep) -> KnowledgeBaseList:
+def list_knowledge_bases(services: ServicesDep, guard: GuardDep) -> KnowledgeBaseList:
     """Your tenancy's knowledge bases you may inspect, oldest first."""
-    rows = [
-        row for row in service.list(access.principal)
-        if access.visible(TYPE, target_id=row.id, target_name=row.name,
-                          compartment_path=compartment_path(request, access, row.compartment_id))
-    ]  # fmt: skip
+    rows = guard.visible(services.knowledge_bases.list(guard.principal))
     return KnowledgeBaseList(data=[kb_out(row) for row in rows])
 
 
 @router.get("/knowledge-bases/{knowledge_base_id}", response_model=KnowledgeBaseOut,
             summary="Retrieve a knowledge base")
-def retrieve_knowledge_base(knowledge_base_id: str, request: Request, access: AccessDep,
-                            service: ServiceDep) -> KnowledgeBaseOut:
+def retrieve_knowledge_base(knowledge_base_id: str, guard: GuardDep) -> KnowledgeBaseOut:
     """One knowledge base, with its document and chunk counts."""
-    return kb_out(loaded_kb(request, access, service, knowledge_base_id, "get"))
+    return kb_out(guard.load(TYPE, knowledge_base_id, "get"))
 
 
 @router.delete("/knowledge-bases/{knowledge_base_id}", response_model=Deleted, summary="Delete a knowledge base")
-def delete_knowledge_base(knowledge_base_id: str, request: Request, access: AccessDep,
-                          service: ServiceDep) -> Deleted:
+def delete_knowledge_base(knowledge_base_id: str, services: ServicesDep, guard: GuardDep) -> Deleted:
     """Delete the knowledge base with its documents, chunks and vectors."""
-    row = loaded_kb(request, access, service, knowledge_base_id, "delete")
-    service.delete(access.principal, row.id)
+    row = guard.load(TYPE, knowledge_base_id, "delete")
+    services.knowledge_bases.delete(guard.principal, row.id)
     return Deleted(id=row.id, object="knowledge_base")
 
 
 @router.post("/knowledge-bases/{knowledge_base_id}/query", response_model=QueryResult,
              summary="Search a knowledge base")
-async def query_knowledge_base(knowledge_base_id: str, body: QueryRequest, request: Request, access: AccessDep,
-                               service: ServiceDep) -> QueryResult:
+async def query_knowledge_base(knowledge_base_id: str, body: QueryRequest, services: ServicesDep,
+                               guard: GuardDep) -> QueryResult:
     """The passages that best match the query: dense, keyword (BM25) or hybrid, optionally reranked."""
-    kb = await run_in_threadpool(loaded_kb, request, access, service, knowledge_base_id, "invoke")
-    hits = await grounded.search(request, service, kb, body)
+    kb = await run_in_threadpool(guard.load, TYPE, knowledge_base_id, "invoke")
+    hits = await services.grounding.search(guard.principal, kb, body)
     return QueryResult(data=[passage_out(h) for h in hits], knowledge_base_id=kb.id, mode=body.mode,
                        embedding_model=kb.embedding_model)
 
 
 @router.post("/knowledge-bases/{knowledge_base_id}/answer", response_model=Answer,
              summary="Answer a question from a knowledge base")
-async def answer_question(knowledge_base_id: str, body: AnswerRequest, request: Request, access: AccessDep,
-                          service: ServiceDep):
+async def answer_question(knowledge_base_id: str, body: AnswerRequest, request: Request, services: ServicesDep,
+                          guard: GuardDep):
     """A grounded answer citing its passages as `[n]`; a fixed reply, without generation, when nothing relevant is found."""
-    kb = await run_in_threadpool(loaded_kb, request, access, service, knowledge_base_id, "invoke")
+    kb = await run_in_threadpool(guard.load, TYPE, knowledge_base_id, "invoke")
     query = QueryRequest(query=body.question, mode=body.mode, top_k=body.top_k, filter=body.filter,
                          rerank=body.rerank)
-    hits = await grounded.search(request, service, kb, query)
-    result = await grounded.answer(request, access.principal, body.model, body.question, hits, kb, mode=body.mode,
-                                   max_tokens=body.max_tokens, temperature=body.temperature, seed=body.seed)
-    if result is None:  # the client left
-        return grounded.client_closed()
-    return Answer(
-        id=result.id, knowledge_base_id=kb.id, answer=result.text,
-        citations=result.citations,
-        passages=[passage_out(h) for h in result.passages], model=result.model, usage=result.usage,
+    grounding = services.grounding
+    hits = await grounding.search(guard.principal, kb, query)
+
+    def sampling(limit: int) -> SamplingParams:
+        return SamplingParams(max_tokens=limit, temperature=body.temperature, seed=body.seed)
+
+    ready = await grounding.prepare(
+        guard, kb, hits, mode=body.mode, model=body.model,
+        messages_for=lambda passages: build_messages(body.question, passages), sampling=sampling,
+        limit=Limit(body.max_tokens, "max_tokens", "question"),
     )  # fmt: skip
+    answer = Answer(id=new_id("kbans"), knowledge_base_id=kb.id, answer=NO_ANSWER, citations=[], passages=[],
+                    model=ready.served.name, usage=UsageInfo(prompt_tokens=0, total_tokens=0))
+    if ready.prepared is None:
+        return answer
+    outcome = await collect(await services.generation.open(guard.principal, ready.prepared), request)
+    if outcome is None:  # the client left
+        return Response(status_code=CLIENT_CLOSED)
+    return answer.model_copy(update={
+        "answer": outcome.text, "citations": citations_out(grounding.cite(outcome.text, ready.passages)),
+        "passages": [passage_out(h) for h in ready.passages], "usage": usage_info(outcome.usage),
+    })  # fmt: skip

@@ -15,13 +15,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from atelier.api.deps import SessionDep
-from atelier.cloud.unit_limits import set_unit_limits, unit_limits, units_in_use
-from atelier.security.limits import Limits, Overrides, store_limits, stored_limits
+from atelier.api.deps import ServicesDep, SessionDep
+from atelier.api.services import Services
+from atelier.cloud.unit_limits import set_unit_limits, unit_limits
+from atelier.security.limits import Overrides, store_limits, stored_limits
+from atelier.store.clusters import units_in_use
 from atelier.store import repos
 
 router = APIRouter(tags=["tenancies"])
@@ -62,11 +64,9 @@ class TenancyLimitsOut(TenancyLimitsIn):
     updated_at: datetime | None = Field(description="When the operator last set them; null if never.")
 
 
-def _out(request: Request, session: Session, tenancy_id: str, overrides: Overrides | None) -> TenancyLimitsOut:
-    limiter = getattr(request.app.state, "limits", None)
-    defaults = limiter.defaults if limiter is not None else Limits.from_settings(request.app.state.settings)
+def _out(services: Services, session: Session, tenancy_id: str, overrides: Overrides | None) -> TenancyLimitsOut:
     stored = overrides or Overrides()
-    effective = stored.over(defaults)
+    effective = stored.over(services.limits.defaults)
     return TenancyLimitsOut(
         tenancy_id=tenancy_id,
         requests_per_minute=stored.requests_per_minute,
@@ -74,28 +74,26 @@ def _out(request: Request, session: Session, tenancy_id: str, overrides: Overrid
         tokens_per_minute=stored.tokens_per_minute,
         effective=EffectiveLimits(**vars(effective)),
         updated_at=stored.updated_at,
-        units=unit_limits(session, tenancy_id, request.app.state.units),
+        units=unit_limits(session, tenancy_id, services.units),
         units_used=units_in_use(session, tenancy_id),
     )
 
 
 @router.get("/tenancies/{tenancy_id}/limits", response_model=TenancyLimitsOut, summary="Retrieve a tenancy's limits")
-def get_limits(tenancy_id: str, request: Request, session: SessionDep) -> TenancyLimitsOut:
+def get_limits(tenancy_id: str, services: ServicesDep, session: SessionDep) -> TenancyLimitsOut:
     """The tenancy's stored limits and those in force (operator). 404 for an unknown tenancy."""
     repos.get_tenancy(session, tenancy_id)
-    return _out(request, session, tenancy_id, stored_limits(session, tenancy_id))
+    return _out(services, session, tenancy_id, stored_limits(session, tenancy_id))
 
 
 @router.put("/tenancies/{tenancy_id}/limits", response_model=TenancyLimitsOut, summary="Set a tenancy's limits")
-def set_limits(tenancy_id: str, body: TenancyLimitsIn, request: Request, session: SessionDep) -> TenancyLimitsOut:
+def set_limits(tenancy_id: str, body: TenancyLimitsIn, services: ServicesDep, session: SessionDep) -> TenancyLimitsOut:
     """Replace the tenancy's request limits (operator); a null field restores the service default.
     Sets the unit limits of the unit types named in `units`. 404 for an unknown tenancy."""
     repos.get_tenancy(session, tenancy_id)
     if body.units:
-        set_unit_limits(session, tenancy_id, body.units, request.app.state.units)
+        set_unit_limits(session, tenancy_id, body.units, services.units)
     stored = store_limits(session, tenancy_id, Overrides(**body.model_dump(exclude={"units"})))
     session.commit()
-    limiter = getattr(request.app.state, "limits", None)
-    if limiter is not None:
-        limiter.invalidate(tenancy_id)
-    return _out(request, session, tenancy_id, stored)
+    services.limits.invalidate(tenancy_id)
+    return _out(services, session, tenancy_id, stored)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from atelier.api.deps import SessionDep
+from atelier.api.deps import ServicesDep, SessionDep
 from atelier.api.envelopes import ObjectList
 from atelier.security.tenancies import create_tenancy
 from atelier.store import repos
@@ -49,10 +49,10 @@ def _out(tenancy: Tenancy) -> TenancyOut:
 
 
 @router.post("/tenancies", response_model=TenancyCreated, status_code=201, summary="Create a tenancy")
-def create(body: TenancyCreate, request: Request, session: SessionDep) -> TenancyCreated:
+def create(body: TenancyCreate, services: ServicesDep, session: SessionDep) -> TenancyCreated:
     """A tenancy with its Administrators group, protected admin policy, key ring, and an
     `admin` user whose API key is returned once. 409 if the name is taken."""
-    tenancy, admin, raw = create_tenancy(session, request.app.state.keys, body.name)
+    tenancy, admin, raw = create_tenancy(session, services.keys, body.name)
     return TenancyCreated(**_out(tenancy).model_dump(), admin_user_id=admin.id, admin_key=raw)
 
 

@@ -105,6 +105,7 @@ class JobQueue:
         idempotency_key: str | None = None,
         state: Literal["queued", "validating_files"] = "queued",
         compartment_id: str | None = None,
+        cluster_id: str | None = None,
     ) -> Job:
         """Queue a job, or return the one already submitted with the same idempotency key.
 
@@ -119,6 +120,7 @@ class JobQueue:
             state: ``queued``, or ``validating_files`` for a job that ``enqueue`` or
                 ``reject`` will move on once its inputs are checked.
             compartment_id: The compartment the job belongs to; None for the tenancy root.
+            cluster_id: The cluster the job runs on (and holds units of), if any.
 
         Returns:
             The new job, or the existing one with this key.
@@ -141,26 +143,27 @@ class JobQueue:
         if not isinstance(payload, dict):
             raise InvalidInput("payload must be a JSON object", param="payload")
         if idempotency_key is not None:
-            existing = self._by_key(principal, idempotency_key)
+            existing = self.by_key(principal, idempotency_key)
             if existing is not None:
                 return self._same_request(existing, kind, payload)
         try:
             with self._write() as session:
-                job = Job(tenancy_id=principal.tenancy_id, compartment_id=compartment_id, kind=kind, state=state,
-                          payload=payload, idempotency_key=idempotency_key, cancel_requested=False, attempts=0,
-                          created_at=utcnow())
+                job = Job(tenancy_id=principal.tenancy_id, compartment_id=compartment_id, cluster_id=cluster_id,
+                          kind=kind, state=state, payload=payload, idempotency_key=idempotency_key,
+                          cancel_requested=False, attempts=0, created_at=utcnow())
                 session.add(job)
                 session.flush()
                 _event(session, job, "created" if state == "queued" else "created; validating files",
                        {"state": state})
             return job
         except IntegrityError:
-            existing = self._by_key(principal, idempotency_key) if idempotency_key is not None else None
+            existing = self.by_key(principal, idempotency_key) if idempotency_key is not None else None
             if existing is None:
                 raise
             return self._same_request(existing, kind, payload)
 
-    def _by_key(self, principal: Principal, key: str) -> Job | None:
+    def by_key(self, principal: Principal, key: str) -> Job | None:
+        """The caller's job submitted with this idempotency key, if any."""
         with self.db.session() as session:
             query = select(Job).where(Job.tenancy_id == principal.tenancy_id, Job.idempotency_key == key)
             return session.scalar(query)
@@ -218,6 +221,21 @@ class JobQueue:
                 query = query.where(JobEvent.id < after if newest_first else JobEvent.id > after)
             order = JobEvent.id.desc() if newest_first else JobEvent.id
             return list(session.scalars(query.order_by(order).limit(limit)))
+
+    def history(self, owner: Principal | str, job_id: str, *, newest_first: bool = False,
+                limit: int | None = None) -> list[JobEvent]:
+        """Every event of a job of the owner's tenancy (the caller, or a worker's job tenancy), in order.
+
+        Raises:
+            NotFound: No such job in the owner's tenancy.
+        """
+        tenancy_id = owner.tenancy_id if isinstance(owner, Principal) else owner
+        with self.db.session() as session:
+            job = session.get(Job, job_id) if isinstance(job_id, str) and job_id else None
+            if job is None or job.tenancy_id != tenancy_id:
+                raise NotFound(f"job {job_id!r} not found")
+            order = JobEvent.id.desc() if newest_first else JobEvent.id
+            return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(order).limit(limit)))
 
     def request_cancel(self, principal: Principal, job_id: str) -> Job:
         """Cancel the caller's job: at once if it waits, at its worker's next check if it runs.

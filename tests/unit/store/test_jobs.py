@@ -12,11 +12,32 @@ import pytest
 from sqlalchemy import select, update
 
 from atelier.errors import Conflict, InvalidInput, NotFound
-from atelier.jobs.queue import JobQueue
-from atelier.store import Database
+from atelier.principal import Principal
+from atelier.store import Database, repos
+from atelier.store.jobs import JobQueue
 from atelier.store.tables import Job, JobEvent, utcnow
 
 KIND = "sleep-count"
+
+
+@pytest.fixture
+def queue(db: Database) -> JobQueue:
+    return JobQueue(db)
+
+
+def _principal(db: Database, name: str) -> Principal:
+    with db.session() as s:
+        return Principal(repos.create_tenancy(s, name).id, f"key_{name}", "admin")
+
+
+@pytest.fixture
+def alice(db: Database) -> Principal:
+    return _principal(db, "alice")
+
+
+@pytest.fixture
+def bob(db: Database) -> Principal:
+    return _principal(db, "bob")
 
 
 def messages(queue, principal, job_id) -> list[str]:
@@ -75,14 +96,14 @@ def test_concurrent_submits_with_one_key_make_one_job(queue, alice):
 def test_lost_race_rereads_the_winner(queue, alice, monkeypatch):
     """The unique constraint decides a race the first lookup missed (as on PostgreSQL)."""
     winner = queue.submit(alice, KIND, {"n": 1}, idempotency_key="race")
-    real = queue._by_key
+    real = queue.by_key
     calls = []
 
     def missed_first_time(principal, key):
         calls.append(key)
         return None if len(calls) == 1 else real(principal, key)
 
-    monkeypatch.setattr(queue, "_by_key", missed_first_time)
+    monkeypatch.setattr(queue, "by_key", missed_first_time)
     assert queue.submit(alice, KIND, {"n": 1}, idempotency_key="race").id == winner.id
     assert len(calls) == 2
 

@@ -1,0 +1,310 @@
+"""One generation pipeline for chat, text completions and grounded answers.
+
+In the shape of vLLM's ``OpenAIServing``: :meth:`GenerationService.prepare_chat` (or
+``prepare_text``) resolves the ``model`` to what the engine serves (base, endpoint or custom
+model: an opaque adapter slot, after the policy check), renders the prompt into token ids,
+sizes ``max_new_tokens`` against the model's limits (a 400 naming the parameter at fault)
+and builds the engine request; :meth:`GenerationService.open` admits it under the tenancy's
+limits and starts it. The returned :class:`Generation` is the one stream class: iterate its
+events (or ``collect`` them), and ``aclose`` it, which aborts the engine request if it still
+runs (freeing its batch slot) and reports the tokens really used, once, to the admission
+that let it in (limits and metrics).
+
+The engine's first event is awaited before ``open`` returns, so a full queue is still a
+429 and not an error inside a 200 stream. Knows nothing about HTTP, SSE or OpenAI's shapes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+
+from atelier.catalog import ModelSpec
+from atelier.cloud.served_models import Authorizer, ServedModel, ServedModels
+from atelier.engine.client import EngineClient
+from atelier.engine.types import GenerationRequest, SamplingParams, TokenEvent, Usage
+from atelier.errors import InvalidInput, Unavailable
+from atelier.principal import Principal
+from atelier.prompts.formats import render_chat
+
+Sampling = Callable[[int], SamplingParams]
+"""``max_new_tokens`` → the request's sampling parameters."""
+
+
+class Admission(Protocol):
+    """Lets a generation in under the tenancy's limits and accounts for what it used."""
+
+    def admit(self, principal: Principal, model: str, prompt_tokens: int) -> Callable[[Usage | None], None]:
+        """Take a generation slot (raising QuotaExceeded when none is free). The returned callable
+        is called once when the generation ends, however it ends: with its final usage, or with
+        None when the engine refused it before its first token (nothing to charge)."""
+
+
+def new_id(prefix: str) -> str:
+    """A fresh response id such as ``chatcmpl-1f3a…`` (96 random bits)."""
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def max_new_tokens(spec: ModelSpec, prompt_tokens: int, requested: int | None, *, prompt_param: str,
+                   max_param: str = "max_tokens") -> int:
+    """The number of tokens a request may generate, or a 400 naming the parameter at fault.
+
+    Args:
+        spec: The chat model (``context_length``, ``max_output_tokens``).
+        prompt_tokens: Length of the rendered prompt.
+        requested: The request's max_tokens, or None for the default.
+        prompt_param: Parameter named when the prompt alone fills the context.
+        max_param: Parameter named when the requested count is too large.
+
+    Returns:
+        ``requested``, or by default ``min(max_output_tokens, context_length - prompt_tokens)``.
+
+    Raises:
+        InvalidInput: The prompt fills the context; ``requested`` exceeds the model's
+            output limit; or prompt plus ``requested`` exceed the context.
+    """
+    context = spec.context_length
+    if prompt_tokens >= context:
+        raise InvalidInput(
+            f"This model's maximum context length is {context} tokens, but the prompt has {prompt_tokens} tokens. "
+            "Shorten the prompt.",
+            param=prompt_param, code="context_length_exceeded",
+        )  # fmt: skip
+    room = context - prompt_tokens
+    cap = spec.max_output_tokens or room
+    if requested is None:
+        return min(cap, room)
+    if requested > cap:
+        raise InvalidInput(
+            f"{max_param} is too large: {requested}. This model supports at most {cap} completion tokens.",
+            param=max_param,
+        )
+    if requested > room:
+        raise InvalidInput(
+            f"The prompt has {prompt_tokens} tokens and {max_param} is {requested}: together more than this "
+            f"model's context of {context} tokens. Ask for at most {room} tokens.",
+            param=max_param, code="context_length_exceeded",
+        )  # fmt: skip
+    return requested
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The token limit a request asked for, and the parameters named when something does not fit."""
+
+    requested: int | None = None
+    max_param: str = "max_tokens"
+    prompt_param: str = "messages"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A generation ready for the engine: what serves it and the engine request."""
+
+    served: ServedModel
+    request: GenerationRequest
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Length of the rendered prompt."""
+        return len(self.request.prompt_ids)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished generation."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+def finish_reason(event: TokenEvent) -> str:
+    """OpenAI's finish reason for the last event (an abort reads as ``stop``)."""
+    return "length" if event.finish_reason == "length" else "stop"
+
+
+class Generation:
+    """A started generation: iterate its events; ``aclose`` ends it (see the module docstring).
+
+    Use ``await Generation.start(events, prompt_tokens, on_end)``.
+    """
+
+    def __init__(self, events: AsyncIterator[TokenEvent], first: TokenEvent | None, prompt_tokens: int,
+                 on_end: Callable[[Usage | None], None] | None):
+        self._events = events
+        self._first = first
+        self._prompt_tokens = prompt_tokens
+        self._on_end = on_end
+        self._generated = 0
+        self._usage: Usage | None = None
+        self._ended = False
+
+    @classmethod
+    async def start(cls, events: AsyncIterator[TokenEvent], prompt_tokens: int,
+                    on_end: Callable[[Usage | None], None] | None = None) -> Generation:
+        """Await the first event of ``events``, so that the engine's refusals keep their status.
+
+        Raises:
+            Whatever the engine raises before its first event (the stream is closed and
+            ``on_end(None)`` called); Unavailable if it ends without any event.
+        """
+        generation = cls(events, None, prompt_tokens, on_end)
+        try:
+            generation._first = await anext(events)
+        except StopAsyncIteration:
+            await generation._end(None)
+            raise Unavailable("the engine ended the request without any output") from None
+        except BaseException:
+            await generation._end(None)
+            raise
+        return generation
+
+    @classmethod
+    def fixed(cls, text: str) -> Generation:
+        """A generation that answers ``text`` without the engine (no tokens used)."""
+
+        async def events() -> AsyncIterator[TokenEvent]:
+            yield TokenEvent(text=text, finish_reason="stop", usage=Usage(0, 0))
+
+        return cls(events(), None, 0, None)
+
+    @property
+    def usage(self) -> Usage:
+        """The usage so far (final once the generation ended)."""
+        return self._usage or Usage(self._prompt_tokens, self._generated)
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._first is not None:
+            event, self._first = self._first, None
+        else:
+            event = await anext(self._events)
+        self._generated += len(event.token_ids)
+        if event.usage is not None:
+            self._usage = event.usage
+        return event
+
+    async def collect(self) -> Outcome:
+        """Every event's text joined; the generation is closed whatever happens."""
+        parts: list[str] = []
+        last: TokenEvent | None = None
+        try:
+            async for event in self:
+                parts.append(event.text)
+                last = event
+        finally:
+            await self.aclose()
+        return Outcome("".join(parts), finish_reason(last) if last is not None else "stop", self.usage)
+
+    async def aclose(self) -> None:
+        """Abort the engine request if it still runs, then report the usage (once)."""
+        await self._end(self.usage)
+
+    async def _end(self, usage: Usage | None) -> None:
+        try:
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+        finally:
+            if not self._ended:
+                self._ended = True
+                if self._on_end is not None:
+                    self._on_end(usage)
+
+
+class GenerationService:
+    """Prepares and starts generations (see the module docstring).
+
+    Args:
+        engine: The inference engine.
+        models: Resolves a request's ``model``.
+        admission: The tenancy limits and accounting; None admits everything.
+    """
+
+    def __init__(self, engine: EngineClient, models: ServedModels, admission: Admission | None = None):
+        self._engine = engine
+        self._models = models
+        self._admission = admission
+
+    async def resolve(self, guard: Authorizer, model: str) -> ServedModel:
+        """What serves ``model`` for the guard's caller (see ``ServedModels.resolve``)."""
+        return await anyio.to_thread.run_sync(self._models.resolve, guard, model)
+
+    def tokenizer(self, spec: ModelSpec) -> Any:
+        """The model's tokenizer (blocking: it may load)."""
+        return self._engine.tokenizer(spec.name)
+
+    async def prepare_chat(self, guard: Authorizer, model: str | ServedModel, messages: list[dict], sampling: Sampling,
+                           *, limit: Limit = Limit(), chat_format: str | None = None,
+                           id_prefix: str = "chatcmpl") -> Prepared:
+        """A chat generation: ``messages`` rendered in the model's chat format (or ``chat_format``).
+
+        Raises:
+            NotFound, Forbidden, InvalidInput, Conflict, Unavailable: See ``ServedModels.resolve``;
+                InvalidInput also when the prompt or the token limit does not fit the model.
+        """
+        served = model if isinstance(model, ServedModel) else await self.resolve(guard, model)
+
+        def render() -> list[int]:
+            rendered = render_chat(self.tokenizer(served.spec), messages,
+                                   chat_format=chat_format or served.spec.chat_format)
+            return rendered.ids
+
+        return self._prepared(served, await anyio.to_thread.run_sync(render), sampling, limit, id_prefix)
+
+    async def prepare_text(self, guard: Authorizer, model: str, prompt: str | list[int], sampling: Sampling, *,
+                           limit: Limit = Limit(prompt_param="prompt"), id_prefix: str = "cmpl") -> Prepared:
+        """A plain continuation of ``prompt`` (a string, tokenized without special tokens, or token ids).
+
+        Raises:
+            InvalidInput: An empty prompt, a token id outside the vocabulary, or a prompt or
+                token limit that does not fit the model; and what ``prepare_chat`` raises.
+        """
+        served = await self.resolve(guard, model)
+
+        def tokenize() -> list[int]:
+            tokenizer = self.tokenizer(served.spec)
+            if isinstance(prompt, str):
+                ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            else:
+                vocab = len(tokenizer)
+                for i, token in enumerate(prompt):
+                    if not 0 <= token < vocab:
+                        raise InvalidInput(f"token id {token} is outside the vocabulary (0 to {vocab - 1})",
+                                           param=f"{limit.prompt_param}[{i}]")
+                ids = list(prompt)
+            if not ids:
+                raise InvalidInput(f"{limit.prompt_param} must not be empty", param=limit.prompt_param)
+            return ids
+
+        return self._prepared(served, await anyio.to_thread.run_sync(tokenize), sampling, limit, id_prefix)
+
+    @staticmethod
+    def _prepared(served: ServedModel, ids: list[int], sampling: Sampling, limit: Limit, id_prefix: str) -> Prepared:
+        size = max_new_tokens(served.spec, len(ids), limit.requested, prompt_param=limit.prompt_param,
+                              max_param=limit.max_param)
+        return Prepared(served, GenerationRequest(request_id=new_id(id_prefix), prompt_ids=ids, params=sampling(size),
+                                                  adapter_slot=served.adapter_slot))
+
+    async def open(self, principal: Principal, prepared: Prepared) -> Generation:
+        """Admit the generation under the tenancy's limits, submit it and await its first event.
+
+        Raises:
+            QuotaExceeded: The tenancy's token budget is spent, every generation slot is
+                taken, or the engine's queue is full (429).
+            Whatever the engine raises before its first event (the slot is released first).
+        """
+        model = prepared.served.spec.name
+        on_end = None
+        if self._admission is not None:
+            on_end = self._admission.admit(principal, model, prepared.prompt_tokens)
+        return await Generation.start(self._engine.generate(model, prepared.request), prepared.prompt_tokens, on_end)
