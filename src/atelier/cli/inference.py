@@ -3,6 +3,7 @@
 Each builds one request from its flags (unset flags are not sent, so the server's defaults
 apply, and the server checks every bound: one source of truth, whose 400 names the
 parameter) and prints the answer: generated text streams to stdout, usage goes to stderr.
+The sampling flags ``chat`` and ``complete`` share are the fields of ``Sampling``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
+from pydantic import BaseModel, Field
+
 from atelier.cli.common import client_for, load_settings, read_stdin_arg
+from atelier.cli.model_options import model_options
 from atelier.client import Generation, TextStream, Usage
 
 
@@ -36,32 +40,38 @@ class InputType(str, Enum):
     clustering = "clustering"
 
 
+class Sampling(BaseModel):
+    """The sampling flags of ``chat`` and ``complete``, sent as request fields when given.
+
+    No bounds here: the server checks them (one source of truth) and its 400 names the field.
+    """
+
+    max_tokens: int | None = Field(None, description="Most tokens to generate.")
+    temperature: float | None = Field(None, description="0 = greedy; up to 2.")
+    top_k: int | None = Field(None, description="Sample among the k likeliest tokens (0 = all).")
+    top_p: float | None = Field(None, description="Nucleus mass in (0, 1], applied after top-k.")
+    frequency_penalty: float | None = Field(None, description="In [-2, 2], times a token's count.")
+    presence_penalty: float | None = Field(None, description="In [-2, 2], once per token present.")
+    stop: tuple[str, ...] | None = Field(None, description="Stop sequence (repeatable).")
+    seed: int | None = Field(None, description="Same seed and parameters give the same text.")
+
+
+sampling_options = model_options(Sampling, into="sampling", names={"temperature": ("--temperature", "-t")})
+"""Puts ``Sampling``'s flags in place of a command's ``sampling`` parameter, which receives those given."""
+
 # Options shared by `chat` and `complete`.
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model id (default: smollm2-135m-instruct).")]
-MaxTokensOpt = Annotated[int | None, typer.Option("--max-tokens", help="Most tokens to generate.")]
-TemperatureOpt = Annotated[float | None, typer.Option("--temperature", "-t", help="0 = greedy; up to 2.")]
-TopKOpt = Annotated[int | None, typer.Option("--top-k", help="Sample among the k likeliest tokens (0 = all).")]
-TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus mass in (0, 1], applied after top-k.")]
-FrequencyOpt = Annotated[float | None, typer.Option("--frequency-penalty", help="In [-2, 2], times a token's count.")]
-PresenceOpt = Annotated[float | None, typer.Option("--presence-penalty", help="In [-2, 2], once per token present.")]
-StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence (repeatable).")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Same seed and parameters give the same text.")]
 StreamOpt = Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they are generated.")]
 UsageOpt = Annotated[bool, typer.Option("--usage", help="Print token usage to stderr.")]
 
 
+@sampling_options
 def chat(
     ctx: typer.Context,
     message: Annotated[str, typer.Argument(help="The user message ('-' reads it from stdin).")],
     model: ModelOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    frequency_penalty: FrequencyOpt = None,
-    presence_penalty: PresenceOpt = None,
-    stop: StopOpt = None,
-    seed: SeedOpt = None,
+    *,
+    sampling: dict[str, Any],
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt (sent as `preamble`).")] = None,
     chat_format: Annotated[
         ChatFormat | None, typer.Option("--format", help="Prompt format (default: the model's).")
@@ -77,8 +87,8 @@ def chat(
     examples = [parse_example(text) for text in example or []]
     settings = load_settings()
     client = client_for(ctx, settings)
-    params = sampling_params(max_tokens, temperature, top_k, top_p, frequency_penalty, presence_penalty, stop, seed)
-    params.update(
+    params = dict(
+        sampling,
         model=model or settings.default_chat_model,
         preamble=system,
         chat_format=chat_format.value if chat_format else None,
@@ -89,26 +99,20 @@ def chat(
     print_generation(client.chat(messages, stream=stream, **params), usage)
 
 
+@sampling_options
 def complete(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="Text to continue ('-' reads it from stdin).")],
     model: ModelOpt = None,
-    max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = None,
-    top_k: TopKOpt = None,
-    top_p: TopPOpt = None,
-    frequency_penalty: FrequencyOpt = None,
-    presence_penalty: PresenceOpt = None,
-    stop: StopOpt = None,
-    seed: SeedOpt = None,
+    *,
+    sampling: dict[str, Any],
     stream: StreamOpt = True,
     usage: UsageOpt = False,
 ) -> None:
     """Continue a raw prompt (no chat template)."""
     settings = load_settings()
     client = client_for(ctx, settings)
-    params = sampling_params(max_tokens, temperature, top_k, top_p, frequency_penalty, presence_penalty, stop, seed)
-    params["model"] = model or settings.default_chat_model
+    params = dict(sampling, model=model or settings.default_chat_model)
     print_generation(client.complete(read_stdin_arg(prompt), stream=stream, **params), usage)
 
 
@@ -170,30 +174,6 @@ def parse_example(text: str) -> dict[str, str]:
     if not sep or not source or not target:
         raise typer.BadParameter(f"expected 'input=>output', got {text!r}", param_hint="--example")
     return {"input": source, "output": target}
-
-
-def sampling_params(
-    max_tokens: int | None,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    frequency_penalty: float | None,
-    presence_penalty: float | None,
-    stop: list[str] | None,
-    seed: int | None,
-) -> dict[str, Any]:
-    """Request fields of the sampling flags; unset flags are left to the server's defaults."""
-    params = {
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "frequency_penalty": frequency_penalty,
-        "presence_penalty": presence_penalty,
-        "stop": list(stop) if stop else None,
-        "seed": seed,
-    }
-    return {k: v for k, v in params.items() if v is not None}
 
 
 def format_usage(usage: Usage | None, finish_reason: str | None) -> str:

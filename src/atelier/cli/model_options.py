@@ -28,9 +28,14 @@ from rich.markup import escape
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def option_name(field: str, names: Mapping[str, str]) -> str:
-    """The option of ``field``: its entry in ``names``, else ``--`` and the field with dashes."""
-    return names.get(field) or "--" + field.replace("_", "-")
+OptionNames = Mapping[str, str | tuple[str, ...]]
+"""Per field, the option's name (or its names, e.g. ``("--temperature", "-t")``) where it is not the default."""
+
+
+def option_names(field: str, names: OptionNames) -> tuple[str, ...]:
+    """The option names of ``field``: its entry in ``names``, else ``--`` and the field with dashes."""
+    given = names.get(field) or "--" + field.replace("_", "-")
+    return (given,) if isinstance(given, str) else given
 
 
 def _value_type(annotation: Any) -> Any:
@@ -87,7 +92,7 @@ def _help(field: FieldInfo) -> str:
     return escape(text)
 
 
-def field_option(field_name: str, field: FieldInfo, names: Mapping[str, str], panel: str | None) -> inspect.Parameter:
+def field_option(field_name: str, field: FieldInfo, names: OptionNames, panel: str | None) -> inspect.Parameter:
     """The keyword parameter of one field: ``Annotated[T | None, typer.Option(...)] = None``.
 
     Args:
@@ -100,27 +105,27 @@ def field_option(field_name: str, field: FieldInfo, names: Mapping[str, str], pa
         TypeError: The field's type has no command-line form.
     """
     value_type = _value_type(field.annotation)
-    name = option_name(field_name, names)
+    name, *aliases = option_names(field_name, names)
     bounds: dict[str, Any] = {}
     for constraint in field.metadata:
         if isinstance(constraint, annotated_types.Ge):
             bounds["min"] = constraint.ge
         elif isinstance(constraint, annotated_types.Le):
             bounds["max"] = constraint.le
-    decls = (f"{name}/--no-{name.removeprefix('--')}",) if value_type is bool else (name,)
+    decls = (f"{name}/--no-{name.removeprefix('--')}",) if value_type is bool else (name, *aliases)
     option = typer.Option(*decls, help=_help(field), callback=_checker(name, field), rich_help_panel=panel,
                           show_default=False, **bounds)
     return inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[value_type | None, option])
 
 
-def model_options(model: type[BaseModel], into: str, names: Mapping[str, str] | None = None,
+def model_options(model: type[BaseModel], into: str, names: OptionNames | None = None,
                   panel: str | None = None) -> Callable[[F], F]:
     """Decorate a typer command so that every field of ``model`` is one of its options.
 
     The command declares a parameter ``into``, which the decorator replaces by one option
-    per field; the command receives there the fields given on the command line (unset
-    ones are left out).
+    per field, in its place (the parameters after it become keyword-only); the command
+    receives there the fields given on the command line (unset ones are left out).
 
     Args:
         model: The pydantic model whose fields become options.
@@ -144,7 +149,9 @@ def model_options(model: type[BaseModel], into: str, names: Mapping[str, str] | 
         clash = set(signature.parameters) & set(model.model_fields)
         if clash:
             raise ValueError(f"{command.__name__} already has parameters named like fields: {sorted(clash)}")
-        own = [p for p in signature.parameters.values() if p.name != into]
+        own = list(signature.parameters.values())
+        at = own.index(signature.parameters[into])
+        after = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at + 1:]]
         fields = [field_option(name, field, names, panel) for name, field in model.model_fields.items()]
 
         @functools.wraps(command)
@@ -152,7 +159,8 @@ def model_options(model: type[BaseModel], into: str, names: Mapping[str, str] | 
             given = {name: kwargs.pop(name) for name in model.model_fields if name in kwargs}
             return command(*args, **kwargs, **{into: {k: v for k, v in given.items() if v is not None}})
 
-        with_options.__signature__ = signature.replace(parameters=own + fields)  # type: ignore[attr-defined]
+        parameters = [*own[:at], *fields, *after]
+        with_options.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
         return with_options  # type: ignore[return-value]
 
     return decorate

@@ -10,14 +10,8 @@ responses. Server errors (``{"error": {"message", "type", "param", "code"}}``) b
 assembles them into ``AtelierClient``. Import from here.
 """
 
-from atelier.client.base import (
-    DEFAULT_TIMEOUT,
-    ApiError,
-    ServerUnreachable,
-    error_from_response,
-    iter_sse_data,
-)
-from atelier.client.client import AtelierClient, resolve_api_key
+from atelier.client.base import ApiError, ServerUnreachable, error_from_response, iter_sse_data
+from atelier.client.client import DEFAULT_TIMEOUT, AtelierClient, resolve_api_key
 from atelier.client.inference import Embeddings, Generation, TextStream, Tokens, Usage
 
 __all__ = [

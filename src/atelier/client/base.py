@@ -18,10 +18,6 @@ from urllib.parse import quote
 
 import httpx
 
-DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
-"""Generation on a CPU is slow: wait long for an answer, not for a connection."""
-
-
 class ApiError(Exception):
     """The server answered with an error object (or with a non-2xx status).
 
@@ -168,26 +164,16 @@ def error_from_response(response: httpx.Response) -> ApiError:
 
 
 class HttpCore:
-    """One server's connection: base URL, bearer key, and the request helpers every resource uses.
+    """The request helpers every resource uses, over one server's ``httpx.Client``.
 
     Args:
-        base_url: the server's root URL (routes carry their ``/v1`` prefix).
-        api_key: bearer key sent with every request; ``None`` sends no key.
-        timeout: seconds, or an ``httpx.Timeout``.
-        transport: an ``httpx`` transport (tests pass ``httpx.MockTransport``).
+        client: The ``httpx`` client, its base URL, key header, timeout and transport set.
+        base_url: The server's root URL, as errors name it.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
-    ):
-        self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+    def __init__(self, client: httpx.Client, base_url: str):
+        self._client = client
+        self.base_url = base_url
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import httpx
 
 from atelier.client.admin import Alerts, Audit, KeyRing, Tenancies
-from atelier.client.base import DEFAULT_TIMEOUT, HttpCore
+from atelier.client.base import HttpCore
 from atelier.client.clusters import Clusters, Costs, Endpoints
 from atelier.client.files import Files
 from atelier.client.fine_tuning import CustomModels, FineTuning
@@ -20,6 +20,9 @@ from atelier.client.identity import ApiKeys, Compartments, Groups, Policies, Use
 from atelier.client.inference import Inference, Models
 from atelier.client.knowledge_bases import KnowledgeBases
 from atelier.settings import Settings
+
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+"""Generation on a CPU is slow: wait long for an answer, not for a connection."""
 
 
 class AtelierClient(Inference):
@@ -40,9 +43,11 @@ class AtelierClient(Inference):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ):
-        http = HttpCore(base_url, api_key, timeout=timeout, transport=transport)
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        connection = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        http = HttpCore(connection, self.base_url)
         super().__init__(http)
-        self.base_url = http.base_url
         self.models = Models(http)
         self.custom_models = CustomModels(http)
         self.files = Files(http)
