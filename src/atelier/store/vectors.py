@@ -17,7 +17,14 @@ client is not process-safe: each process keeps an in-memory HNSW index that goes
 when another one writes, and a stale index persisted later would overwrite newer records.
 So every Chroma call runs under an exclusive ``flock`` on ``<data_dir>/chroma/.lock``, each
 write bumps a generation counter beside it, and a process that finds the counter moved
-since its last call drops its Chroma system and reopens it from disk before doing anything.
+since its last call closes its Chroma client and opens a new one, which loads the
+directory from disk, before doing anything.
+
+Only Chroma's public API is used for that: ``Client.close()`` stops the in-memory state
+Chroma shares between the clients of one path in a process once the last of them closes.
+So a process holds exactly one Chroma client per directory, whatever the number of
+``ChromaVectors`` open on it (``_Directory``, shared and counted), and nothing else in the
+service may open a Chroma client on ``<data_dir>/chroma``.
 
 This module knows nothing about HTTP, models or policies.
 """
@@ -105,6 +112,58 @@ def _where(filter: Filter | None) -> dict[str, Any] | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
+class _Directory:
+    """A Chroma directory as this process holds it: one client, one lock, one generation.
+
+    Shared by every ``ChromaVectors`` of the process on the same path (``_DIRECTORIES``) and
+    closed with the last of them; see the module for why there is exactly one.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.RLock()  # the process's threads; the flock below orders the processes
+        self.lock_file = open(path / ".lock", "a+")  # noqa: SIM115 - held for the directory's life
+        self.generation_file = path / ".generation"
+        self.client: Any = None
+        self.generation = -1
+        """The generation this process's client has seen (-1: none opened yet)."""
+        self.collections: dict[str, Any] = {}
+        self.users = 0
+
+    def read_generation(self) -> int:
+        try:
+            return int(self.generation_file.read_text() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def write_generation(self, generation: int) -> None:
+        tmp = self.generation_file.with_suffix(".tmp")
+        tmp.write_text(str(generation))
+        os.replace(tmp, self.generation_file)
+
+    def reopen(self) -> None:
+        """Close the client (Chroma then drops its in-memory state of the path) and open a new one from disk."""
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        self.close_client()
+        self.client = chromadb.PersistentClient(
+            path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+        )
+
+    def close_client(self) -> None:
+        self.collections.clear()
+        client, self.client = self.client, None
+        self.generation = -1
+        if client is not None:
+            client.close()
+
+
+_DIRECTORIES: dict[Path, _Directory] = {}
+"""The Chroma directories open in this process, by resolved path."""
+_DIRECTORIES_LOCK = threading.Lock()
+
+
 class ChromaVectors:
     """One Chroma persistent directory, safe to share between processes (see the module).
 
@@ -115,68 +174,57 @@ class ChromaVectors:
     def __init__(self, path: Path):
         self.path = Path(path).expanduser().resolve()
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._lock_file = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the store's life
-        self._generation_file = self.path / ".generation"
-        self._client: Any = None
-        self._generation = -1
-        self._collections: dict[str, Any] = {}
+        with _DIRECTORIES_LOCK:
+            directory = _DIRECTORIES.get(self.path)
+            if directory is None:
+                directory = _DIRECTORIES[self.path] = _Directory(self.path)
+            directory.users += 1
+        self._directory: _Directory | None = directory
 
     def close(self) -> None:
-        """Forget the Chroma client and release the lock file."""
-        with self._lock:
-            self._drop_client()
-            self._lock_file.close()
+        """Let go of the directory; the last ``ChromaVectors`` of the process on it closes the client and lock file.
+
+        Idempotent. Other ``ChromaVectors`` on the same path keep working.
+        """
+        with _DIRECTORIES_LOCK:
+            directory, self._directory = self._directory, None
+            if directory is None:
+                return
+            directory.users -= 1
+            if directory.users > 0:
+                return
+            del _DIRECTORIES[self.path]
+            with directory.lock:
+                directory.close_client()
+                directory.lock_file.close()
 
     # -- process safety --------------------------------------------------------------------
 
-    def _read_generation(self) -> int:
-        try:
-            return int(self._generation_file.read_text() or 0)
-        except FileNotFoundError:
-            return 0
-
-    def _drop_client(self) -> None:
-        """Forget this directory's Chroma system so the next client loads it again from disk.
-
-        Chroma caches one ``System`` per directory in a class-level dict (and with it the
-        in-memory HNSW segments); only this directory's entry is removed, never other
-        users' (``SharedSystemClient.clear_system_cache`` would drop them all).
-        """
-        from chromadb.api.shared_system_client import SharedSystemClient
-
-        SharedSystemClient._identifier_to_system.pop(str(self.path), None)
-        SharedSystemClient._identifier_to_refcount.pop(str(self.path), None)
-        self._client = None
-        self._collections.clear()
-
     @contextmanager
     def _session(self, *, write: bool) -> Iterator[Any]:
-        """The Chroma client, current with the disk, under the directory's exclusive lock."""
-        with self._lock:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+        """The Chroma client, current with the disk, under the directory's exclusive lock.
+
+        A write bumps the generation even when it fails part-way: what it did write must be
+        reloaded by the other processes.
+        """
+        directory = self._directory
+        if directory is None:
+            raise Unavailable("the vector store is closed")
+        with directory.lock:
+            fcntl.flock(directory.lock_file.fileno(), fcntl.LOCK_EX)
             try:
-                generation = self._read_generation()
-                if self._client is None or generation != self._generation:
-                    self._open()
-                    self._generation = generation
-                yield self._client
-                if write:
-                    self._generation = generation + 1
-                    tmp = self._generation_file.with_suffix(".tmp")
-                    tmp.write_text(str(self._generation))
-                    os.replace(tmp, self._generation_file)
+                generation = directory.read_generation()
+                if directory.client is None or generation != directory.generation:
+                    directory.reopen()
+                    directory.generation = generation
+                try:
+                    yield directory.client
+                finally:
+                    if write:
+                        directory.generation = generation + 1
+                        directory.write_generation(directory.generation)
             finally:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-
-    def _open(self) -> None:
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        self._drop_client()
-        self._client = chromadb.PersistentClient(
-            path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
-        )
+                fcntl.flock(directory.lock_file.fileno(), fcntl.LOCK_UN)
 
     def _collection(self, client: Any, scope: Scope, *, missing_ok: bool = False) -> Any:
         """The scope's collection, its tenancy tag checked; None if absent and ``missing_ok``.
@@ -198,6 +246,11 @@ class ChromaVectors:
         if meta.get("tenancy_id") != scope.tenancy_id or meta.get("knowledge_base_id") != scope.knowledge_base_id:
             raise NotFound("knowledge base index not found")
         return col
+
+    @property
+    def _collections(self) -> dict[str, Any]:
+        """Collection handles by name, cached for the directory's current client (empty once closed)."""
+        return {} if self._directory is None else self._directory.collections
 
     # -- operations ------------------------------------------------------------------------
 
