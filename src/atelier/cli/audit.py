@@ -24,6 +24,8 @@ audit_app.command("verify")(verify_audit_log)
 
 
 class DecisionChoice(str, Enum):
+    """``--decision``: what authorization decided for the request."""
+
     allow = "allow"
     deny = "deny"
     none = "none"

@@ -24,6 +24,8 @@ ClusterArg = Annotated[str, typer.Argument(help="Cluster id (dac_…) or name.")
 
 
 class ClusterType(str, Enum):
+    """``--type``: what a cluster's units are reserved for."""
+
     fine_tuning = "fine-tuning"
     hosting = "hosting"
 

@@ -170,7 +170,7 @@ def api_errors() -> Iterator[None]:
 class ErrorHandlingGroup(TyperGroup):
     """The root command group: every subcommand runs inside ``api_errors``."""
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         """Run the invoked subcommand, rendering the API's errors (see ``api_errors``)."""
         with api_errors():
             return super().invoke(ctx)

@@ -22,18 +22,24 @@ from atelier.client import Generation, TextStream, Usage
 
 
 class ChatFormat(str, Enum):
+    """``--format``: how the messages become the prompt."""
+
     template = "template"
     llama2 = "llama2"
     chatml = "chatml"
 
 
 class Truncate(str, Enum):
+    """``--truncate``: what to do with an input longer than the model's context."""
+
     NONE = "NONE"
     START = "START"
     END = "END"
 
 
 class InputType(str, Enum):
+    """``--input-type``: what the embedded text is used for."""
+
     search_document = "search_document"
     search_query = "search_query"
     classification = "classification"

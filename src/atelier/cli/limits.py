@@ -24,6 +24,8 @@ limits_app = typer.Typer(
 
 
 class LimitName(str, Enum):
+    """A request limit as the command line names it (``FIELDS`` maps it to the API's field)."""
+
     rpm = "rpm"
     concurrent = "concurrent"
     tpm = "tpm"

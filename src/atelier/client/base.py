@@ -1,7 +1,8 @@
-"""The HTTP core of the API client: one ``httpx`` connection, JSON in and out, errors as exceptions.
+"""The HTTP core of the API client: requests over one ``httpx.Client``, JSON in and out, errors as exceptions.
 
 Every resource module (``inference``, ``files``, ``fine_tuning``...) sends its requests through
-an ``HttpCore`` and shares the helpers here (``drop_none``, ``path_segment``). This module knows
+an ``HttpCore`` and builds on ``Resource`` or ``Collection`` (the ``{path}/{id}`` routes they
+share) and the helpers here (``drop_none``, ``path_segment``). This module knows
 the wire format only: the error object ``{"error": {"message", "type", "param", "code"}}``
 becomes ``ApiError``, a server that cannot be reached becomes ``ServerUnreachable``, and a
 streamed body is decoded as server-sent events. It knows no route and nothing of the server's

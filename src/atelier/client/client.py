@@ -26,7 +26,18 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 
 
 class AtelierClient(Inference):
-    """Client of one Atelier server.
+    """Client of one Atelier server: the inference verbs, and a namespace per noun.
+
+    Attributes:
+        models: ``list()`` the models offered.
+        custom_models: the models fine-tuning made (``adapter()`` downloads one's adapter).
+        files: ``upload``, ``list``, ``get``, ``content``, ``delete``.
+        fine_tuning: its ``jobs``: ``create``, ``list``, ``get``, ``cancel``, ``events``, ``checkpoints``.
+        knowledge_bases: ``create``, ``list``, ``get``, ``delete``, ``query``, ``ask``; their ``documents``.
+        clusters, endpoints: dedicated capacity; ``costs``: ``estimate`` and ``metered``.
+        tenancies: (operator) ``create``, ``list``, ``get``, ``limits``, ``set_limits``.
+        compartments, users, groups, api_keys, policies: identity in your tenancy.
+        key_ring, audit, alerts: encryption keys, the audit log, anomaly alerts.
 
     Args:
         base_url: the server's root URL (the ``/v1`` prefix is added per route).
