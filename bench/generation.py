@@ -419,7 +419,8 @@ def bench_embeddings(args, server: ServerProcess | None, details: dict) -> list[
     from sentence_transformers import SentenceTransformer
 
     from atelier.catalog import Catalog
-    from atelier.engine.embedding import MAX_INPUTS, Embedder
+    from atelier.engine.embedding import Embedder
+    from atelier.engine.types import MAX_INPUTS
 
     spec = Catalog.load().get(EMBED)
     embedder = Embedder.load(spec, batch_size=args.embed_batch)

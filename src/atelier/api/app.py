@@ -30,7 +30,7 @@ from atelier.api.services import Services
 from atelier.api.uploads import upload_limit
 from atelier.catalog import Catalog
 from atelier.engine.client import EngineClient
-from atelier.security.bootstrap import ADMIN_KEY_FILE
+from atelier.cloud.bootstrap import ADMIN_KEY_FILE
 from atelier.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from atelier.principal import Principal
 from atelier.rag.indexing import VectorStore
 from atelier.security.alerts import Monitor
 from atelier.security.audit import AuditLog
-from atelier.security.bootstrap import ensure_operator
+from atelier.cloud.bootstrap import ensure_operator
 from atelier.security.crypto import KeyManager, RootKey
 from atelier.security.limits import Limits, RateLimiter, database_lookup
 from atelier.settings import Settings

@@ -62,10 +62,11 @@ def worker(
 ) -> None:
     """Run queued jobs (fine-tuning...) until SIGTERM or Ctrl+C; `serve` starts one by default."""
     settings = load_settings(**({"data_dir": data_dir} if data_dir is not None else {}))
-    from atelier.jobs.worker import run_worker_process  # imported here: the client commands need no database
+    from atelier.jobs.handlers import build_handlers  # imported here: the client commands need no database
+    from atelier.jobs.worker import run_worker_process
 
     raise typer.Exit(run_worker_process(settings, worker_id=worker_id, lease_seconds=lease_seconds,
-                                        poll_seconds=poll_seconds, parent_pid=parent_pid))
+                                        poll_seconds=poll_seconds, parent_pid=parent_pid, handlers=build_handlers))
 
 
 def verify_audit_log(

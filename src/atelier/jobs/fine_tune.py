@@ -30,7 +30,7 @@ from atelier.catalog import Catalog, ModelSpec
 from atelier.cloud.custom_models import CustomModelService
 from atelier.cloud.fine_tuning import KIND
 from atelier.errors import InvalidInput, NotFound
-from atelier.jobs.worker import JobContext, JobStopped
+from atelier.jobs.context import JobContext, JobStopped
 from atelier.store.db import Database
 from atelier.store.files import FileStore
 from atelier.store.jobs import JobQueue

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from atelier.cloud.fine_tuning import KIND as FINE_TUNE
 from atelier.cloud.knowledge_bases import INGEST_KIND as KB_INGEST
-from atelier.jobs.worker import Handler
+from atelier.jobs.context import Handler
 
 if TYPE_CHECKING:
     from atelier.settings import Settings

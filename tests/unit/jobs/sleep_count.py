@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from atelier.errors import InvalidInput
-from atelier.jobs.worker import JobContext, JobStopped, write_atomically
+from atelier.jobs.context import JobContext, JobStopped, write_atomically
 
 SLEEP_COUNT = "sleep-count"
 CHECKPOINT_FILE = "count.json"

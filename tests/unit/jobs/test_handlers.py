@@ -11,7 +11,7 @@ from atelier.errors import InvalidInput
 from sleep_count import CHECKPOINT_FILE, SLEEP_COUNT, sleep_count
 
 from atelier.jobs.handlers import build_handlers
-from atelier.jobs.worker import JobContext, JobStopped, write_atomically
+from atelier.jobs.context import JobContext, JobStopped, write_atomically
 from atelier.settings import Settings
 
 

@@ -11,7 +11,8 @@ from sqlalchemy import update
 from sleep_count import HANDLERS, SLEEP_COUNT
 
 from atelier.errors import InvalidInput
-from atelier.jobs.worker import JobContext, JobStopped, Worker, one_line
+from atelier.jobs.context import JobContext, JobStopped, one_line
+from atelier.jobs.worker import Worker
 from atelier.store.tables import Job
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from atelier.jobs.kb_ingest import BATCH, KIND, KbIngestHandler
 from atelier.store.jobs import JobQueue
-from atelier.jobs.worker import JobContext, JobStopped
+from atelier.jobs.context import JobContext, JobStopped
 from atelier.rag.indexing import Scope
 from atelier.store.tables import KbDocument, KnowledgeBase
 

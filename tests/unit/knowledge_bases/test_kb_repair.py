@@ -17,7 +17,7 @@ from atelier.api.app import create_app
 from atelier.cloud.knowledge_bases import KnowledgeBaseService
 from atelier.jobs.kb_ingest import KIND, KbIngestHandler
 from atelier.store.jobs import JobQueue
-from atelier.jobs.worker import JobContext
+from atelier.jobs.context import JobContext
 from atelier.rag.indexing import Scope
 from atelier.settings import Settings
 from atelier.store import knowledge_bases as repo

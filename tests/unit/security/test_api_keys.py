@@ -17,7 +17,7 @@ from atelier.security.api_keys import (
     issue_key,
     split_key,
 )
-from atelier.security.bootstrap import ADMIN_KEY_FILE, ensure_operator
+from atelier.cloud.bootstrap import ADMIN_KEY_FILE, ensure_operator
 from atelier.principal import Principal
 from atelier.settings import Settings
 from atelier.store import Database, repos

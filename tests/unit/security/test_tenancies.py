@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from atelier.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 from atelier.principal import ADMINISTRATORS, Principal
 from atelier.security.api_keys import authenticate, issue_key, rotate_key
-from atelier.security.bootstrap import DEFAULT_TENANCY, ensure_operator
+from atelier.cloud.bootstrap import DEFAULT_TENANCY, ensure_operator
 from atelier.security.crypto import KeyManager, RootKey
 from atelier.security.policy import parse_policy
 from atelier.security import tenancies

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from atelier.cloud.generation import Limit
-from atelier.engine.embedding import MAX_INPUTS
+from atelier.engine.types import MAX_INPUTS
 from atelier.engine.types import SamplingParams
 from atelier.prompts.templates import Example
 

@@ -9,7 +9,7 @@ from atelier.cloud.clusters import ClusterService
 from atelier.cloud.unit_limits import unit_limits
 from atelier.cloud.units import UnitTable
 from atelier.principal import Principal
-from atelier.security.bootstrap import DEFAULT_TENANCY, ensure_operator
+from atelier.cloud.bootstrap import DEFAULT_TENANCY, ensure_operator
 from atelier.settings import Settings
 from atelier.store import repos
 
@@ -36,7 +36,7 @@ def test_first_start_provisions_the_default_tenancy_once(db, tmp_path):
 
 def test_limits_come_from_the_settings_and_a_cluster_that_does_not_fit_is_skipped(db, tmp_path, caplog):
     settings = Settings(data_dir=tmp_path / "data", default_tenancy_units="small=2", default_chat_model="tiny")
-    with caplog.at_level(logging.WARNING, logger="atelier.security.bootstrap"):
+    with caplog.at_level(logging.WARNING, logger="atelier.cloud.bootstrap"):
         assert ensure_operator(db, settings, CATALOG) is not None  # the generated operator key
     principal = default_tenancy(db)
     clusters = ClusterService(db, CATALOG, UnitTable.load()).list(principal)
