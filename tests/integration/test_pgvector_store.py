@@ -159,6 +159,19 @@ def test_keyword_finds_words_accent_insensitively(store):
     assert store.keyword(TEN_A, "zeppelin", 5) == []
 
 
+@pytest.mark.parametrize("top_k", [2, 5, 10])
+def test_keyword_matches_any_word_and_fills_top_k(store, top_k):
+    add_docs(store, TEN_A, "doc_volcano", "doc_bread", "doc_ecole")
+    query = "Magma, bread, oven ash: école?"  # no chunk holds all of its words
+    sharing = {"doc_volcano:0", "doc_volcano:2", "doc_bread:0", "doc_bread:1", "doc_ecole:0"}
+    hits = store.keyword(TEN_A, query, top_k)
+    assert len(hits) == min(top_k, len(sharing))
+    assert {h.chunk.chunk_id for h in hits} <= sharing
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert all(a.score >= b.score > 0 for a, b in zip(hits, hits[1:]))
+    assert len(store.keyword(TEN_A, query, top_k, Filter(tags=("cooking",)))) == min(top_k, 2)
+
+
 def test_keyword_query_syntax_is_data(store):
     add_docs(store, TEN_A, "doc_volcano")
     for query in ["volcano'); DROP TABLE x; --", 'volcano" OR "', "volcano & !magma | (", "volcano\\'"]:

@@ -7,12 +7,17 @@ base, so BM25 statistics (document count, average length, term frequencies) are 
 that knowledge base alone. The FTS table uses ``kb_chunks`` as external content: it stores
 only the index, and rows and index entries are written and removed in one transaction.
 
-Query words that occur in half the chunks or more are dropped before matching once a
-knowledge base is large (``PRUNE_ABOVE`` chunks): FTS5's BM25 gives them an idf of
-``1e-6`` (``log((N - n + 0.5) / (n + 0.5))`` floored), so they change no score, yet
-matching "the" would make FTS5 score and sort every chunk (0.75 s at 100k chunks). Their
-document frequencies come from an ``fts5vocab`` table beside the index and are cached
-until the knowledge base changes.
+A search ranks the chunks that hold ANY word of the query (the words are OR-ed, none is
+required), so it returns ``top_k`` hits whenever that many chunks share a word with the
+query. Once a knowledge base is large (``PRUNE_ABOVE`` chunks), the query words held by
+half the chunks or more are kept out of the ranking: FTS5's BM25 gives them an idf of
+``1e-6`` (``log((N - n + 0.5) / (n + 0.5))`` floored), so they change no order, yet ranking
+"the" would make FTS5 score and sort every chunk (0.75 s at 100k chunks). The chunks
+holding the other words are ranked first; when they are fewer than ``top_k``, the rest is
+filled with chunks holding the common words, taken in index order without sorting all of
+them (BM25 cannot tell them apart: their scores are about ``1e-6``). Document
+frequencies come from an ``fts5vocab`` table beside the index and are cached until the
+knowledge base changes.
 
 Every statement filters by tenancy and knowledge base. This module knows nothing about
 HTTP, models or vectors.
@@ -41,10 +46,10 @@ BM25_WEIGHTS = (1.0, 0.5)
 """Column weights of ``bm25()``: chunk text, heading path."""
 
 PRUNE_ABOVE = 1000
-"""Chunks above which query words present in half the chunks or more are dropped (see the module)."""
+"""Chunks above which query words present in half the chunks or more only fill ``top_k`` (see the module)."""
 
 _BATCH = 500  # rows per IN (...) list: far under SQLite's bound-parameter limit
-_WORD = re.compile(r"\w+", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+")
 
 _COLUMNS = (
     KbChunk.chunk_id,
@@ -65,13 +70,27 @@ def fts_table(scope: Scope) -> str:
     return f"kb_fts_{digest[:32]}"
 
 
+def _fold(text: str) -> str:
+    """``text`` with the accents of Latin letters removed, as ``remove_diacritics 2`` does
+    ("é" → "e", also when written "e" + U+0301); other scripts keep their marks, as in the
+    index ("й", "ά")."""
+    out: list[str] = []
+    for ch in text:
+        if unicodedata.combining(ch) and out and "a" <= out[-1] <= "z":
+            continue  # a decomposed accent on a Latin letter
+        parts = unicodedata.normalize("NFD", ch)
+        latin = len(parts) > 1 and "a" <= parts[0] <= "z" and all(unicodedata.combining(p) for p in parts[1:])
+        out.append(parts[0] if latin else ch)
+    return "".join(out)
+
+
 def query_words(query: str) -> list[str]:
-    """The distinct lowercase words of ``query``, accents removed as FTS5's ``remove_diacritics 2``
-    does, at most ``MAX_QUERY_TERMS``."""
+    """The distinct words of ``query`` as the index's tokenizer (``unicode61 remove_diacritics 2``)
+    cuts and folds them: runs of letters and digits (``_`` and punctuation separate), lower
+    case, accents of Latin letters removed; at most ``MAX_QUERY_TERMS``."""
     words: list[str] = []
-    for word in _WORD.findall(query.lower()):
-        word = "".join(ch for ch in unicodedata.normalize("NFKD", word) if not unicodedata.combining(ch))
-        if word and word not in words:
+    for word in _WORD.findall(_fold(query.lower())):
+        if word not in words:
             words.append(word)
         if len(words) == MAX_QUERY_TERMS:
             break
@@ -227,48 +246,84 @@ class KeywordIndex:
     # -- reads -----------------------------------------------------------------------------
 
     def search(self, scope: Scope, query: str, top_k: int, filter: Filter | None = None) -> list[Hit]:
-        """Chunks ranked by BM25 on any word of ``query``, best first (score = -bm25, higher = better)."""
+        """Chunks ranked by BM25 on any word of ``query``, best first (score = -bm25, higher = better).
+
+        Semantics (``common``: the words held by half the chunks or more, on a knowledge base
+        of more than ``PRUNE_ABOVE`` chunks; none otherwise)::
+
+            hits = chunks holding a word not in common, by BM25 over those words, best first
+            if len(hits) < top_k:
+                hits += chunks holding a common word and not in hits (index order), by their BM25
+            return hits[:top_k]
+
+        Args:
+            scope: The tenancy and knowledge base searched.
+            query: Free text; its words are data (quoted), never FTS5 syntax.
+            top_k: Hits wanted.
+            filter: Document and tag constraints.
+
+        Returns:
+            ``min(top_k, chunks sharing a word with the query)`` hits (within ``filter``), ranks 1..n.
+        """
         words = query_words(query)
         if not words or top_k < 1:
             return []
         table = fts_table(scope)
         params: dict[str, object] = {"t": scope.tenancy_id, "kb": scope.knowledge_base_id, "k": top_k}
-        where = [f'"{table}" MATCH :q', "c.tenancy_id = :t", "c.knowledge_base_id = :kb"]
-        where += self._filter_sql(filter, params)
+        filters = self._filter_sql(filter, params)
+        with self.db.session() as s:
+            if not self._exists(s, table):
+                return []
+            informative, common = self._split(s, scope, table, words)
+            rows: list = []
+            if informative:
+                sql = self._statement(table, filters, ranked=True)
+                rows = s.execute(sql, {**params, "q": fts_query(informative)}).all()
+            if len(rows) < top_k and common:
+                # the first top_k matches in index order hold top_k - len(rows) new ones at least
+                sql = self._statement(table, filters, ranked=False)
+                seen = {r.row_id for r in rows}
+                more = [r for r in s.execute(sql, {**params, "q": fts_query(common)}).all() if r.row_id not in seen]
+                rows += sorted(more, key=lambda r: (-r.score, r.row_id))[: top_k - len(rows)]
+        return [Hit(chunk=_chunk(r), score=float(r.score), rank=i + 1) for i, r in enumerate(rows)]
+
+    @staticmethod
+    def _statement(table: str, filters: list[str], *, ranked: bool):
+        """The SELECT of the chunks matching ``:q`` (at most ``:k``): by score when ``ranked``, else
+        the first in index order (FTS5 then stops after ``:k`` matches instead of scoring all)."""
         weights = ", ".join(str(w) for w in BM25_WEIGHTS)
-        columns = 'c.chunk_id, c.document_id, c.filename, c.position, c.text, c.start, c."end", c.heading, c.tags'
-        if len(where) == 3:  # no filter: rank in the FTS table alone, then read only the top k rows
+        columns = (
+            'c.id AS row_id, c.chunk_id, c.document_id, c.filename, c.position, c.text, c.start, c."end", '
+            "c.heading, c.tags"
+        )
+        if not filters:
+            order = "ORDER BY score DESC, rowid " if ranked else ""  # rank in the FTS table alone, then read only the k rows kept
             sql = (
                 f"SELECT {columns}, r.score FROM (SELECT rowid, -bm25(\"{table}\", {weights}) AS score "
-                f'FROM "{table}" WHERE "{table}" MATCH :q ORDER BY score DESC, rowid LIMIT :k) AS r '
+                f'FROM "{table}" WHERE "{table}" MATCH :q {order}LIMIT :k) AS r '
                 f"JOIN kb_chunks AS c ON c.id = r.rowid WHERE c.tenancy_id = :t AND c.knowledge_base_id = :kb "
                 f"ORDER BY r.score DESC, c.id"
             )
         else:
+            where = [f'"{table}" MATCH :q', "c.tenancy_id = :t", "c.knowledge_base_id = :kb", *filters]
+            order = "ORDER BY score DESC, c.id " if ranked else ""
             sql = (
                 f'SELECT {columns}, -bm25("{table}", {weights}) AS score '
                 f'FROM "{table}" JOIN kb_chunks AS c ON c.id = "{table}".rowid '
-                f"WHERE {' AND '.join(where)} ORDER BY score DESC, c.id LIMIT :k"
+                f"WHERE {' AND '.join(where)} {order}LIMIT :k"
             )
-        with self.db.session() as s:
-            if not self._exists(s, table):
-                return []
-            params["q"] = fts_query(self._informative(s, scope, table, words))
-            if not params["q"]:
-                return []
-            rows = s.execute(text(sql).columns(tags=KbChunk.tags.type), params).all()
-        return [Hit(chunk=_chunk(r), score=float(r.score), rank=i + 1) for i, r in enumerate(rows)]
+        return text(sql).columns(tags=KbChunk.tags.type)
 
-    def _informative(self, s: Session, scope: Scope, table: str, words: list[str]) -> list[str]:
-        """``words`` less those held by half the chunks or more, once the knowledge base has more
-        than ``PRUNE_ABOVE`` chunks (their BM25 idf is 1e-6). Words the vocabulary does not
-        list under that spelling are kept."""
+    def _split(self, s: Session, scope: Scope, table: str, words: list[str]) -> tuple[list[str], list[str]]:
+        """``words`` as (informative, common): common are those held by half the chunks or more,
+        once the knowledge base has more than ``PRUNE_ABOVE`` chunks (their BM25 idf is 1e-6).
+        Words the vocabulary does not list under that spelling count as informative."""
         stamp = tuple(
             s.execute(select(func.count(), func.coalesce(func.max(KbChunk.id), 0)).where(*self._in_scope(scope))).one()
         )
         n = stamp[0]
         if n <= PRUNE_ABOVE:
-            return words
+            return words, []
         with self._df_lock:
             cached = self._df.get(table)
             df = cached[1] if cached is not None and cached[0] == stamp else {}
@@ -284,7 +339,7 @@ class KeywordIndex:
             df = {**df, **{w: int(found.get(w, 0)) for w in missing}}
             with self._df_lock:
                 self._df[table] = (stamp, df)  # type: ignore[assignment]
-        return [w for w in words if 2 * df[w] < n]
+        return [w for w in words if 2 * df[w] < n], [w for w in words if 2 * df[w] >= n]
 
     @staticmethod
     def _filter_sql(filter: Filter | None, params: dict[str, object]) -> list[str]:

@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from sqlalchemy import event
 
 from atelier.errors import InvalidInput, NotFound
 from atelier.rag.indexing import Filter, Scope, StoredChunk, VectorStore
@@ -239,18 +240,32 @@ def test_writes_from_another_process_are_seen_and_never_lost(store, scope, db, t
         fresh.close()
 
 
-def test_words_in_half_the_chunks_are_pruned_on_large_knowledge_bases(db, tenancies, monkeypatch):
+def test_words_in_half_the_chunks_only_fill_top_k_on_large_knowledge_bases(db, tenancies, monkeypatch):
     index = KeywordIndex(db)
     scope = Scope(tenancies[0], "kb_big")
     index.create(scope)
     index.add(scope, [StoredChunk(f"d:{i}", "d", "d.txt", i, f"the common word {i}", 0, 5) for i in range(30)]
               + [StoredChunk("r:0", "r", "r.txt", 0, "the rare zebra", 0, 5)])
     full = index.search(scope, "the zebra", 50)
-    assert len(full) == 31 and full[0].chunk.chunk_id == "r:0"  # small: every word kept
+    assert len(full) == 31 and full[0].chunk.chunk_id == "r:0"  # small: every word ranked
     monkeypatch.setattr(keywords, "PRUNE_ABOVE", 10)
-    assert [h.chunk.chunk_id for h in index.search(scope, "the zebra", 50)] == ["r:0"]
-    assert index.search(scope, "the common", 50) == []  # nothing informative left
-    assert [h.chunk.chunk_id for h in index.search(scope, "the 7", 50)] == ["d:7"]
-    index.add(scope, [StoredChunk(f"z:{i}", "z", "z.txt", i, f"the zebra herd {i}", 0, 5) for i in range(40)])
-    assert index.search(scope, "the zebra", 50) == []  # the cache followed the change: zebra is common now
-    assert [h.chunk.chunk_id for h in index.search(scope, "the rare zebra", 50)] == ["r:0"]
+    ranked: list[str] = []  # the FTS5 queries sorted by score: never one with a common word
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "ORDER BY score" in statement:
+            ranked.append(parameters["q"] if isinstance(parameters, dict) else str(parameters))
+
+    try:
+        hits = index.search(scope, "the zebra", 50)
+        assert hits[0].chunk.chunk_id == "r:0" and len(hits) == 31 and hits[1].score < hits[0].score
+        assert [h.chunk.chunk_id for h in index.search(scope, "the zebra", 3)] == ["r:0", "d:0", "d:1"]
+        assert len(index.search(scope, "the common", 50)) == 31  # nothing informative: filled all the same
+        assert [h.chunk.chunk_id for h in index.search(scope, "the 7", 2)] == ["d:7", "d:0"]
+        index.add(scope, [StoredChunk(f"z:{i}", "z", "z.txt", i, f"the zebra herd {i}", 0, 5) for i in range(40)])
+        assert len(index.search(scope, "the zebra", 50)) == 50  # the cache followed the change: zebra is common now
+        assert [h.chunk.chunk_id for h in index.search(scope, "the rare zebra", 50)][0] == "r:0"
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert ranked and not any('"the"' in q or '"common"' in q for q in ranked)
+    assert '"zebra"' in ranked[0] and '"zebra"' not in ranked[-1]
