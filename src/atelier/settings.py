@@ -89,7 +89,13 @@ class Settings(BaseSettings):
         description="File holding the root secret (mode 0600, created on first start); default <data_dir>/root.key.",
     )
     rate_requests_per_minute: int = Field(
-        600, ge=1, le=10_000_000, description="Requests a tenancy may make per minute (default of every tenancy)."
+        60_000,
+        ge=1,
+        le=10_000_000,
+        description="Requests a tenancy may make per minute (default of every tenancy). The default, 1,000 a "
+        "second, is out of reach of one client sending requests one after another (the cheapest request takes "
+        "about 6 ms on a 2-core machine): it stops floods of parallel requests, not a user's own loop; the "
+        "operator sets a tenancy's own limits with `atelier admin limits set`.",
     )
     rate_concurrent_generations: int = Field(
         32, ge=1, le=100_000, description="Generations a tenancy may run at once (default: a whole engine batch)."

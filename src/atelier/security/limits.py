@@ -2,7 +2,16 @@
 
 Each tenancy has three limits: the service defaults (settings ``rate_*``) unless the
 operator stored an override in ``tenancy_limits`` (None there means the default). Over a
-limit, :class:`QuotaExceeded` says how many seconds until a slot frees (``Retry-After``).
+limit, :class:`QuotaExceeded` says how many seconds until a slot frees (``Retry-After``;
+the official clients wait that long and retry).
+
+The defaults are what a tenancy gets on the embedded default, where one person often
+owns the service: 60,000 requests per minute (1,000 a second), out of reach of one client
+that sends its requests one after another (an evaluation loop: the cheapest request, a
+model list, takes about 6 ms on a 2-core machine, a 3-token chat on the tiny test model
+15 ms), so the request limit only stops floods of parallel requests; 32 concurrent
+generations (a whole engine batch) and 200,000 tokens per minute bound the work. A shared
+service sets each tenancy's own limits (``atelier admin limits set``).
 
 Windows slide over the last 60 seconds, as a loop::
 
