@@ -2,14 +2,15 @@
 
 ``TuneConfig`` is the single description of a job's training settings: the API reads it
 from a request (``from_request``), the recipe trains by it, and its ``model_dump`` is saved
-beside the adapter. It knows nothing about where the data or the model come from.
+beside the adapter; a job stores and shows ``applicable_dump`` (the settings its method
+uses). It knows nothing about where the data or the model come from.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -29,10 +30,19 @@ DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
 DEFAULT_FEEDFORWARD_MODULES: tuple[str, ...] = ("down_proj",)
 """T-Few modules whose *input* is scaled (feed-forward); the others have their output scaled."""
 
-LORA_ONLY = ("lora_r", "lora_alpha", "lora_dropout")
-TFEW_ONLY = ("feedforward_modules",)
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "lora": ("lora_r", "lora_alpha", "lora_dropout"),
+    "tfew": ("feedforward_modules",),
+}
+"""Fields that apply to one method only; every other field applies to every method. A request
+setting another method's field is refused, and a job shows none of them (``applicable_dump``)."""
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
+
+
+def _other_methods_fields(method: str) -> tuple[str, ...]:
+    """The fields that apply only to methods other than ``method``."""
+    return tuple(name for other, names in METHOD_FIELDS.items() if other != method for name in names)
 
 
 class TuneConfig(BaseModel):
@@ -173,6 +183,16 @@ class TuneConfig(BaseModel):
         """Steps between checkpoints, resolved."""
         return self.checkpoint_interval_in_steps or self.log_model_metrics_interval_in_steps
 
+    def applicable_dump(self) -> dict[str, Any]:
+        """The resolved settings that apply to ``type``, JSON-ready: what a job stores and shows.
+
+        The fields of the other methods (``METHOD_FIELDS``) are left out: a T-Few job shows no
+        ``lora_r``. ``TuneConfig.model_validate`` of the result gives them their defaults, which
+        this method's training never reads; for a config from ``from_request`` (which refuses
+        them) it gives back an equal config.
+        """
+        return self.model_dump(mode="json", exclude=set(_other_methods_fields(self.type)))
+
     # ------------------------------------------------------------ from an API request
 
     @classmethod
@@ -216,8 +236,7 @@ class TuneConfig(BaseModel):
         source = {k: f"training_config.{k}" for k in data}
         method = data.get("type", "lora")
         if method in DEFAULT_LEARNING_RATE:
-            wrong = TFEW_ONLY if method == "lora" else LORA_ONLY
-            for name in wrong:
+            for name in _other_methods_fields(method):
                 if name in data:
                     raise InvalidInput(
                         f"{name} does not apply to training_config.type={method!r}", param=f"training_config.{name}"

@@ -1,0 +1,47 @@
+"""TuneConfig.applicable_dump: a job shows and stores only the settings its method uses, and the
+worker re-validating that reduced dict trains exactly as with the full config."""
+
+from __future__ import annotations
+
+import pytest
+
+from atelier.tuning.config import METHOD_FIELDS, TuneConfig
+
+REQUESTS = [
+    {"type": "tfew"},
+    {"type": "tfew", "total_training_epochs": 5, "target_modules": ["k_proj", "down_proj"], "learning_rate": 0.02},
+    {"type": "lora"},
+    {"type": "lora", "lora_r": 4, "lora_dropout": 0.0, "text_template": "Q: {q}\nA: {a}"},
+    {},
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "absent", "present"),
+    [
+        ("tfew", {"lora_r", "lora_alpha", "lora_dropout"}, {"feedforward_modules"}),
+        ("lora", {"feedforward_modules"}, {"lora_r", "lora_alpha", "lora_dropout"}),
+    ],
+)
+def test_only_the_settings_of_the_method_are_shown(method, absent, present):
+    shown = TuneConfig.from_request({"type": method}).applicable_dump()
+    assert not absent & set(shown) and present <= set(shown)
+    assert shown["type"] == method and shown["target_modules"] and "learning_rate" in shown
+
+
+@pytest.mark.parametrize("request_", REQUESTS)
+def test_the_reduced_dict_round_trips_to_the_same_config(request_):
+    config = TuneConfig.from_request(request_)
+    shown = config.applicable_dump()
+    again = TuneConfig.model_validate(shown)
+    assert again == config  # same training settings, same run fingerprint (full model_dump)
+    assert again.model_dump(mode="json") == config.model_dump(mode="json")
+    assert again.applicable_dump() == shown
+    assert set(config.model_dump()) - set(shown) == {f for m, names in METHOD_FIELDS.items() if m != config.type
+                                                     for f in names}
+
+
+def test_every_method_specific_field_is_a_field_and_methods_do_not_share_one():
+    named = [f for names in METHOD_FIELDS.values() for f in names]
+    assert set(named) <= set(TuneConfig.model_fields) and len(named) == len(set(named))
+    assert set(METHOD_FIELDS) == {"lora", "tfew"}
