@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from atelier.api.access import Access
 from atelier.api.references import body_reference
-from atelier.errors import Forbidden, NotFound
+from atelier.errors import Forbidden
 from atelier.principal import Principal
 from atelier.security.policy import Operation
 from atelier.store import identity

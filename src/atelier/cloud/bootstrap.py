@@ -14,13 +14,12 @@ Knows nothing about HTTP or printing: the caller shows the returned key.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
 from atelier.catalog import Catalog
+from atelier.durable import write_atomically
 from atelier.cloud.clusters import ClusterRequest, ClusterService
 from atelier.cloud.unit_limits import set_unit_limits
 from atelier.cloud.units import UnitTable, parse_units
@@ -139,14 +138,4 @@ def write_private_file(path: Path, text: str) -> None:
     The content goes to a temporary file created with mode 0600 (never wider, whatever
     the umask), then replaces ``path``.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"), mode=0o600)

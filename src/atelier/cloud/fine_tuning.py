@@ -211,7 +211,7 @@ class FineTuningService:
             "model": spec.name,
             "training_file": body.training_file,
             "validation_file": body.validation_file,
-            "training_config": config.model_dump(mode="json"),
+            "training_config": config.applicable_dump(),
             "hyperparameters": openai_hyperparameters(config),
             "method": "supervised",
             "suffix": body.suffix,

@@ -7,12 +7,14 @@ worker loop (``jobs/worker.py``): they call ``ctx.should_stop()`` (or ``ctx.wait
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from atelier.durable import write_atomically
 from atelier.errors import AtelierError
+
+__all__ = ["Handler", "JobContext", "JobStopped", "one_line", "write_atomically"]
 from atelier.store.jobs import JobQueue
 from atelier.store.tables import Job
 
@@ -87,25 +89,6 @@ class Handler(Protocol):
     """
 
     def __call__(self, ctx: JobContext) -> dict[str, Any] | None: ...
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
-
-    Writes a temporary file beside it, flushes it to disk, renames it over ``path`` and
-    flushes the directory.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def one_line(exc: BaseException) -> str:

@@ -166,7 +166,7 @@ class FineTuneHandler:
 
         metrics = {**result.final_metrics, "trainable_fraction": result.trainable_fraction,
                    "steps": result.steps, "stopped_early": result.stopped_early, "best_step": result.best_step,
-                   "training_config": config.model_dump(mode="json")}
+                   "training_config": config.applicable_dump()}
         row = self._custom_models.record(
             ctx.job, base_model=spec.name, method=config.type, adapter=pack_adapter(result.adapter_dir),
             trainable_params=result.trainable_params, total_params=result.total_params,

@@ -38,6 +38,8 @@ from atelier.store.db import Database
 from atelier.store.objects import ObjectStore
 from atelier.store.tables import KnowledgeBase
 
+__all__ = ["KIND", "KbIngestHandler", "build_kb_ingest"]
+
 log = logging.getLogger(__name__)
 
 BATCH = 64

@@ -31,11 +31,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from atelier.errors import AtelierError, InvalidInput
+from atelier.errors import InvalidInput
 from atelier.jobs.context import Handler, JobContext, JobStopped, one_line
 from atelier.store.jobs import JobQueue
 from atelier.store.db import Database
-from atelier.store.tables import Job
 
 if TYPE_CHECKING:
     from atelier.settings import Settings

@@ -24,9 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
-import secrets
 import threading
 import time as _time
 from collections.abc import Callable, Iterator
@@ -38,6 +36,7 @@ from typing import Any, Literal
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from atelier.durable import write_atomically
 from atelier.errors import Unavailable
 from atelier.security.crypto import RootKey
 from atelier.store.db import Database
@@ -315,22 +314,7 @@ class AuditLog:
             return
         path = self.head_file
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(checkpoint), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, json.dumps(asdict(checkpoint)).encode("utf-8"), mode=0o600)
 
     def _read_head(self) -> Checkpoint | str | None:
         """The head file's checkpoint; None if there is none; a problem text if unreadable."""

@@ -44,6 +44,7 @@ from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from atelier.durable import fsync_dir, write_temporary
 from atelier.errors import InvalidInput, NotFound, TooLarge, Unavailable, Undecryptable
 from atelier.store.db import Database
 from atelier.store.objects import SealedBlob, is_valid_id
@@ -167,24 +168,15 @@ def _create_key_file(path: Path) -> None:
     exists. The key never exists anywhere in a wider mode.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = write_temporary(path, base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n", mode=0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
             return
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 # --- associated data -----------------------------------------------------------------

@@ -14,9 +14,7 @@ nothing about how keys are kept (``atelier.security.crypto`` implements it), nor
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from atelier.durable import fsync_dir, write_atomically
 from atelier.errors import Conflict, InvalidInput, NotFound, Unavailable
 from atelier.store.db import Database
 from atelier.store.tables import ID_LENGTH, OBJECT_KINDS, StoredObject, Tenancy, new_id, utcnow
@@ -155,15 +154,6 @@ class ObjectStore(Protocol):
 
 
 # --- local directory backend ---------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or an unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalObjectStore:
@@ -297,7 +287,7 @@ class LocalObjectStore:
             session.delete(self._row(session, tenancy_id, object_id))
         path = self._path(tenancy_id, object_id)
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def rewrap_all(self, owner: Owner) -> int:
         """Re-wrap the data key of every object of the tenancy below its newest key version.
@@ -362,19 +352,8 @@ class LocalObjectStore:
         directory = path.parent
         if not directory.is_dir():
             directory.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(self.root)
-        tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(directory)
+            fsync_dir(self.root)
+        write_atomically(path, data, mode=0o600)
 
     def __repr__(self) -> str:
         return f"LocalObjectStore({str(self.root)!r})"

@@ -18,15 +18,9 @@ from pathlib import Path
 
 import torch
 
+from atelier.durable import fsync_dir, write_atomically
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
@@ -48,13 +42,13 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
         for path in tmp.iterdir():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         trash = None
         if target.exists():
             trash = parent / f".trash-{target.name}-{uuid.uuid4().hex[:8]}"
             os.rename(target, trash)
         os.rename(tmp, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
@@ -65,13 +59,7 @@ def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:
 
 def write_json_atomically(path: Path, data: dict) -> None:
     """Write a JSON file under a temporary name, fsync it and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomically(path, json.dumps(data).encode(), mode=0o644)
 
 
 def remove_leftovers(parent: Path) -> None:

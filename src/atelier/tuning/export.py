@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
+from atelier.durable import write_atomically
 from atelier.errors import InvalidInput
 
 CONFIG_FILE = "adapter_config.json"
@@ -151,12 +151,7 @@ def unpack_adapter(data: bytes, directory: Path, *, overwrite: bool = False) -> 
         if present:
             raise InvalidInput(f"{directory} already holds {', '.join(present)}", param="directory")
     for name in ADAPTER_FILES:
-        tmp = directory / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(files[name])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / name)
+        write_atomically(directory / name, files[name], mode=0o600)
     return directory
 
 

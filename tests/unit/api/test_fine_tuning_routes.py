@@ -193,6 +193,16 @@ def test_bad_requests_name_the_parameter(client, tenancy_b, check_error):
     check_error(post({"training_file": kb}), 400, param="training_file")
 
 
+def test_a_job_shows_only_the_settings_its_method_uses(client):
+    file_id = upload(client, examples())
+    tfew = create(client, file_id, training_config={"type": "tfew", "total_training_epochs": 1})
+    assert "feedforward_modules" in tfew["training_config"]
+    assert not {"lora_r", "lora_alpha", "lora_dropout"} & set(tfew["training_config"])
+    lora = create(client, file_id, training_config={"type": "lora", "total_training_epochs": 1})
+    assert {"lora_r", "lora_alpha", "lora_dropout"} <= set(lora["training_config"])
+    assert "feedforward_modules" not in lora["training_config"]
+
+
 def test_idempotency_key_gives_one_job(client, check_error):
     file_id = upload(client, examples())
     body = {"model": "tiny", "training_file": file_id, "training_config": SMALL}

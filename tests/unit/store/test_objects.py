@@ -18,7 +18,7 @@ from atelier.security.crypto import KeyManager, RootKey
 from atelier.principal import Principal
 from atelier.settings import Settings
 from atelier.store import Database, repos
-from atelier.store import objects as objects_module
+from atelier import durable
 from atelier.store.objects import GCM_TAG_BYTES, LocalObjectStore, ObjectRef, ObjectStore
 from atelier.store.tables import StoredObject
 
@@ -269,9 +269,9 @@ def test_failed_write_leaves_neither_file_nor_row(store, tenancies, db, monkeypa
         raise OSError("disk on fire")
 
     if failing == "fsync_dir":  # fails after the rename: the row must not commit, the file must go
-        monkeypatch.setattr(objects_module, "_fsync_dir", boom)
+        monkeypatch.setattr(durable, "fsync_dir", boom)
     else:
-        monkeypatch.setattr(objects_module.os, failing, boom)
+        monkeypatch.setattr(durable.os, failing, boom)
     with pytest.raises(OSError, match="disk on fire"):
         store.put(a, "dataset", DATA, object_id="obj_failed")
     monkeypatch.undo()

@@ -26,6 +26,7 @@ from atelier.cloud.custom_models import custom_model_name
 from atelier.cloud.fine_tuning import FILE_FIELDS, Checkpoint, FineTuningService, JobRequest
 from atelier.errors import InvalidInput
 from atelier.store.tables import Cluster, Job, JobEvent
+from atelier.tuning.config import TuneConfig
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -138,7 +139,7 @@ def job_out(job: Job) -> FineTuningJob:
         method={"type": "supervised", "supervised": {"hyperparameters": p["hyperparameters"]}},
         training_file=p["training_file"], validation_file=p.get("validation_file"),
         trained_tokens=result.get("trained_tokens"), error=_error(job), seed=p["seed"], metadata=p.get("metadata"),
-        suffix=p.get("suffix"), training_config=p["training_config"], cluster_id=job.cluster_id,
+        suffix=p.get("suffix"), training_config=TuneConfig.model_validate(p["training_config"]).applicable_dump(), cluster_id=job.cluster_id,
     )  # fmt: skip
 
 
