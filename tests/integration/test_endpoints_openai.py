@@ -3,12 +3,20 @@
 On a real server (``atelier serve --workers 1``) whose catalog has a tiny random Llama
 (registered through ``ATELIER_CATALOG_FILE``), the test creates a fine-tuning cluster and
 trains two LoRA and two T-Few custom models through fine-tuning jobs, each taught to answer
-its own word whatever it is asked. It then creates a hosting cluster with one endpoint per
-custom model and one for the base model, and chats with all of them at once through the
-official ``openai`` client at temperature 0, then with each one alone: every endpoint's
-answer in the concurrent run must equal its answer alone (rows of different adapters share
-forward passes, and must not bleed into each other), and the adapters must answer (the start
-of) their own words, not the base model's.
+its own single letter whatever it is asked. It then creates a hosting cluster with one
+endpoint per custom model and one for the base model, and chats with all of them at once
+through the official ``openai`` client at temperature 0, then with each one alone: every
+endpoint's answer in the concurrent run must equal its answer alone (rows of different
+adapters share forward passes, and must not bleed into each other).
+
+What is asserted must hold on any CPU, whose float rounding differs (AVX2, AVX-512, thread
+counts): batched and alone forward passes agree to ~1e-6, not bit for bit, so a greedy token
+is the same only where its top two logits are further apart than that. The learned task is
+therefore one constant letter then the end of the turn, which every seed tried learns with a
+top-two gap of at least 3 logits at both steps (LoRA and T-Few), and the base model's greedy
+answers (fixed weights, seed 0) have gaps of at least 0.04. Beyond that the test asserts only
+robust facts: training loss falls, every adapter answers its letter (so unlike the base and
+unlike each other).
 """
 
 from __future__ import annotations
@@ -27,11 +35,12 @@ MODEL = "tiny-endpoints"
 PROMPTS = ["Say red", "Name a color"]
 WORDS = ["red", "blue", "green", "gold", "pink", "gray", "teal", "navy", "lime", "plum", "rose", "sand", "mint",
          "ruby", "jade", "onyx", "opal", "sage", "snow", "rust"]
-ADAPTERS = [  # (method, the word it learns to answer, training settings)
-    ("lora", "apple", {"learning_rate": 0.05, "lora_r": 4}),
-    ("lora", "zebra", {"learning_rate": 0.05, "lora_r": 8}),
-    ("tfew", "mango", {"learning_rate": 0.5}),
-    ("tfew", "quartz", {"learning_rate": 0.5}),
+TRAINING_PROMPTS = [f"Say {w}" for w in WORDS] + ["Name a color", "Name a word", "Name a number", "Say anything"]
+ADAPTERS = [  # (method, the letter it learns to answer, training settings)
+    ("lora", "Q", {"learning_rate": 0.02, "lora_r": 4}),
+    ("lora", "Z", {"learning_rate": 0.02, "lora_r": 8}),
+    ("tfew", "X", {"learning_rate": 0.5}),
+    ("tfew", "J", {"learning_rate": 0.3}),
 ]
 MAX_TOKENS = 8
 JOB_TIMEOUT = 600.0
@@ -58,18 +67,24 @@ def created(response: httpx.Response) -> dict:
     return response.json()
 
 
-def train(client, tmp_path, method: str, word: str, settings: dict) -> str:
-    """Start a job teaching the base model to answer ``word`` to anything; returns the job id."""
-    path = tmp_path / f"{word}.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Say {w}", "completion": word}) + "\n" for w in WORDS))
+def train(client, tmp_path, method: str, letter: str, settings: dict) -> str:
+    """Start a job teaching the base model to answer ``letter`` to anything; returns the job id."""
+    path = tmp_path / f"{letter}.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "completion": letter}) + "\n" for p in TRAINING_PROMPTS))
     with path.open("rb") as handle:
         uploaded = client.files.create(file=handle, purpose="fine-tune")
     config = {"type": method, "total_training_epochs": 20, "training_batch_size": 4,
               "log_model_metrics_interval_in_steps": 10, "early_stopping_patience": 0, **settings}
-    job = client.fine_tuning.jobs.create(model=MODEL, training_file=uploaded.id, suffix=word, seed=1,
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=uploaded.id, suffix=f"letter-{letter}", seed=1,
                                          extra_body={"training_config": config})
     assert job.status == "queued", job.error
     return job.id
+
+
+def train_losses(client, job_id: str) -> list[float]:
+    """The job's training loss at each metrics event, in step order."""
+    events = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=1000) if e.type == "metrics"]
+    return [e.data["train_loss"] for e in sorted(events, key=lambda e: e.data["step"])]
 
 
 def answer(client, model: str, prompt: str) -> str:
@@ -97,16 +112,18 @@ def test_many_custom_models_served_together_answer_as_alone(server, tmp_path):
             time.sleep(1.0)
         assert job.status == "succeeded", (job.error, server.stderr())
         assert job.cluster_id == ft["id"]
+        losses = train_losses(client, job_id)
+        assert len(losses) > 10 and losses[-1] < 0.25 * losses[0], f"training loss did not fall: {losses}"
         custom.append(job.fine_tuned_model)
     assert len(set(custom)) == len(ADAPTERS)
 
     endpoints = {"base": created(admin.post("/v1/endpoints", json={
         "name": "base", "cluster_id": hosting["id"], "model": MODEL}))["id"]}
-    for (_, word, _), model_id in zip(ADAPTERS, custom, strict=True):
-        endpoint = created(admin.post("/v1/endpoints", json={"name": word, "cluster_id": hosting["id"],
-                                                             "model": model_id}))
+    for (_, letter, _), model_id in zip(ADAPTERS, custom, strict=True):
+        endpoint = created(admin.post("/v1/endpoints", json={"name": f"letter-{letter.lower()}",
+                                                             "cluster_id": hosting["id"], "model": model_id}))
         assert endpoint["state"] == "active" and endpoint["custom_model_id"] == model_id
-        endpoints[word] = endpoint["id"]
+        endpoints[letter] = endpoint["id"]
     shown = admin.get(f"/v1/clusters/{hosting['id']}").json()
     assert (shown["used_endpoint_capacity"], shown["total_endpoint_capacity"]) == (len(ADAPTERS) + 1, 50)
     assert set(endpoints.values()) <= {m.id for m in client.models.list()}
@@ -126,11 +143,10 @@ def test_many_custom_models_served_together_answer_as_alone(server, tmp_path):
 
     for prompt in PROMPTS:
         base = alone[("base", endpoints["base"], prompt)]
-        tuned = {word: alone[(word, endpoints[word], prompt)] for _, word, _ in ADAPTERS}
-        assert all(text != base for text in tuned.values()), (base, tuned)
-        assert len(set(tuned.values())) == len(tuned), f"adapters answer alike: {tuned}"
-        # a 2-layer random model spells only roughly after a few seconds of training: the start will do
-        assert all(text.startswith(word[:2]) for word, text in tuned.items()), f"adapters did not learn: {tuned}"
+        tuned = {letter: alone[(letter, endpoints[letter], prompt)] for _, letter, _ in ADAPTERS}
+        assert tuned == {letter: letter for letter in tuned}, f"adapters did not learn their letters: {tuned}"
+        assert base not in tuned.values(), (base, tuned)  # each adapter changes the base's answer...
+        assert len(set(tuned.values())) == len(tuned)  # ...and no two answer alike
     # the custom model's id reaches the same adapter as its endpoint
-    word = ADAPTERS[2][1]
-    assert answer(client, custom[2], PROMPTS[0]) == alone[(word, endpoints[word], PROMPTS[0])]
+    letter = ADAPTERS[2][1]
+    assert answer(client, custom[2], PROMPTS[0]) == alone[(letter, endpoints[letter], PROMPTS[0])]
