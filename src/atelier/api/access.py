@@ -66,41 +66,30 @@ class Access:
             ),
         )
 
-    def require(
-        self,
-        operation: Operation,
-        resource_type: str,
-        *,
-        target_id: str | None = None,
-        target_name: str | None = None,
-        compartment_path: tuple[str, ...] = (),
-        what: str | None = None,
-    ) -> Decision:
+    def require(self, operation: Operation, resource_type: str, *, what: str | None = None, **target) -> Decision:
         """Allow ``operation`` on a loaded object of the caller's tenancy, or raise.
+
+        Args:
+            operation: What the caller does.
+            resource_type: The object's resource type.
+            what: Names the object in a NotFound message, e.g. ``"policy 'pol_1'"``.
+            **target: ``target_id``, ``target_name``, ``compartment_path``, as :meth:`decide` takes them.
 
         Raises:
             NotFound: The caller may not even inspect the object: exactly what a missing
-                object answers (``what`` names it in the message, e.g. ``"policy 'pol_1'"``).
+                object answers.
             Forbidden: The object is visible but the caller's verb is too weak.
         """
-        target = {"target_id": target_id, "target_name": target_name, "compartment_path": compartment_path}
         decision = self.decide(operation, resource_type, **target)
         self.checks.append(decision)
         if decision.allowed:
             return decision
         if operation != "list" and not self.decide("list", resource_type, **target).allowed:
-            raise NotFound(f"{what or resource_type.rstrip('s') + ' ' + repr(target_id)} not found")
+            raise NotFound(f"{what or resource_type.rstrip('s') + ' ' + repr(target.get('target_id'))} not found")
         raise Forbidden(
             f"not authorized: {decision.reason}; ask an administrator for a policy granting "
             f"'{min_verb(operation)}' on {resource_type}"
         )
-
-    def visible(self, resource_type: str, *, target_id: str | None, target_name: str | None,
-                compartment_path: tuple[str, ...] = ()) -> bool:
-        """Whether a listed object may be shown (``inspect`` on it)."""
-        return self.decide(
-            "list", resource_type, target_id=target_id, target_name=target_name, compartment_path=compartment_path
-        ).allowed
 
 
 bearer_scheme = HTTPBearer(

@@ -28,6 +28,21 @@ MULTIPART_OVERHEAD = 64 * 1024
 """Room for the form around the file (boundaries, headers, short fields) in an upload's body limit."""
 
 
+def multipart_body(file_field: str, file_description: str, fields: dict[str, dict], required: tuple[str, ...] = ()
+                   ) -> dict:
+    """An upload route's form, described for the OpenAPI document (the route reads it itself, streaming).
+
+    Args:
+        file_field: The name of the file part.
+        file_description: What the file is.
+        fields: The text fields beside it: name → JSON schema.
+        required: Text fields that must be sent (the file always must).
+    """
+    properties = {file_field: {"type": "string", "format": "binary", "description": file_description}, **fields}
+    schema = {"type": "object", "required": [file_field, *required], "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
 def upload_limit(settings: Settings) -> int:
     """The body limit of an upload route: the largest file plus the form around it."""
     return max(settings.max_body_bytes, settings.max_file_bytes + MULTIPART_OVERHEAD)

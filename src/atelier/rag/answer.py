@@ -53,6 +53,13 @@ class Citation:
     heading: str
     score: float
 
+    @classmethod
+    def of(cls, index: int, hit: Hit) -> Citation:
+        """The citation ``[index]`` of a retrieved passage."""
+        c = hit.chunk
+        return cls(index=index, document_id=c.document_id, filename=c.filename, text=c.text, start=c.start,
+                   end=c.end, heading=c.heading, score=hit.score)
+
 
 def fence_for(question: str, hits: list[Hit]) -> str:
     """The marker fencing the passages: 16 hex digits of SHA-256 over the question and passages.
@@ -155,19 +162,4 @@ def citations(answer_text: str, hits: list[Hit]) -> list[Citation]:
             n = int(part)
             if 1 <= n <= len(hits) and n not in seen:
                 seen.append(n)
-    out = []
-    for n in seen:
-        c = hits[n - 1].chunk
-        out.append(
-            Citation(
-                index=n,
-                document_id=c.document_id,
-                filename=c.filename,
-                text=c.text,
-                start=c.start,
-                end=c.end,
-                heading=c.heading,
-                score=hits[n - 1].score,
-            )
-        )
-    return out
+    return [Citation.of(n, hits[n - 1]) for n in seen]

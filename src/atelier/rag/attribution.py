@@ -52,11 +52,7 @@ def attribute(answer_text: str, hits: list[Hit], min_shared: int = MIN_SHARED) -
         shared = len(words & answer)
         if words and shared >= min(min_shared, len(words)):
             scored.append((-shared, n, hit))
-    return [
-        Citation(index=n, document_id=h.chunk.document_id, filename=h.chunk.filename, text=h.chunk.text,
-                 start=h.chunk.start, end=h.chunk.end, heading=h.chunk.heading, score=h.score)
-        for _, n, h in sorted(scored, key=lambda item: (item[0], item[1]))
-    ]  # fmt: skip
+    return [Citation.of(n, h) for _, n, h in sorted(scored, key=lambda item: (item[0], item[1]))]
 
 
 def cite(answer_text: str, hits: list[Hit]) -> tuple[list[Citation], str]:

@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from atelier.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -45,6 +47,18 @@ class StoredChunk:
     end: int
     heading: str = ""
     tags: tuple[str, ...] = ()
+
+
+def vectors_for(chunks: Sequence[StoredChunk], vectors) -> np.ndarray:
+    """``vectors`` as a contiguous float32 ``(len(chunks), d)`` array, one row per chunk.
+
+    Raises:
+        InvalidInput: Not one row per chunk (``param="vectors"``).
+    """
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] != len(chunks):
+        raise InvalidInput(f"expected {len(chunks)} vectors, got an array of shape {array.shape}", param="vectors")
+    return array
 
 
 def chunk_id(document_id: str, position: int) -> str:

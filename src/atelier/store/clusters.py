@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from atelier.errors import Conflict, NotFound
+from atelier.errors import Conflict
 from atelier.principal import Principal
 from atelier.store.db import Database
+from atelier.store.scoping import scoped_get
 from atelier.store.tables import Cluster, Endpoint, Job, Tenancy, TenancyUnitLimit, utcnow
 
 JOBS_HOLDING_UNITS = ("validating_files", "queued", "running")
@@ -49,10 +50,7 @@ def get_cluster(session: Session, principal: Principal, cluster_id: str) -> Clus
     Raises:
         NotFound: No such cluster in the caller's tenancy.
     """
-    row = session.get(Cluster, cluster_id) if isinstance(cluster_id, str) and cluster_id else None
-    if row is None or row.tenancy_id != principal.tenancy_id:
-        raise NotFound(f"cluster {cluster_id!r} not found")
-    return row
+    return scoped_get(session, principal, Cluster, cluster_id, "cluster")
 
 
 def list_clusters(session: Session, principal: Principal, *, include_deleted: bool = False,
@@ -142,10 +140,7 @@ def get_endpoint(session: Session, principal: Principal, endpoint_id: str) -> En
     Raises:
         NotFound: No such endpoint in the caller's tenancy.
     """
-    row = session.get(Endpoint, endpoint_id) if isinstance(endpoint_id, str) and endpoint_id else None
-    if row is None or row.tenancy_id != principal.tenancy_id:
-        raise NotFound(f"endpoint {endpoint_id!r} not found")
-    return row
+    return scoped_get(session, principal, Endpoint, endpoint_id, "endpoint")
 
 
 def list_endpoints(session: Session, principal: Principal, *, include_deleted: bool = False,

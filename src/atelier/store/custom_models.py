@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from atelier.errors import NotFound
 from atelier.principal import Principal
+from atelier.store.scoping import scoped_get, tenancy_of
 from atelier.store.tables import CustomModel
 
 ID_PREFIX = "cm_"
@@ -37,43 +38,36 @@ def is_reference(text: str) -> bool:
     return text.startswith((ID_PREFIX, NAME_PREFIX))
 
 
-def _tenancy(owner: Principal | str) -> str:
-    return owner.tenancy_id if isinstance(owner, Principal) else owner
-
-
 def get(session: Session, owner: Principal | str, ref: str) -> CustomModel:
     """The owner's custom model with this id (``cm_…``) or name (``ft:…``).
 
     Raises:
         NotFound: None in the owner's tenancy (``param="model"``, ``code="model_not_found"``).
     """
-    row = None
-    if isinstance(ref, str) and ref:
-        if ref.startswith(NAME_PREFIX):
-            query = select(CustomModel).where(CustomModel.tenancy_id == _tenancy(owner), CustomModel.name == ref)
-            row = session.scalar(query)
-        else:
-            row = session.get(CustomModel, ref)
-    if row is None or row.tenancy_id != _tenancy(owner):
-        raise NotFound(f"custom model {ref!r} not found", param="model", code="model_not_found")
-    return row
+    row_id = ref
+    if isinstance(ref, str) and ref.startswith(NAME_PREFIX):
+        row_id = session.scalar(select(CustomModel.id).where(CustomModel.tenancy_id == tenancy_of(owner),
+                                                             CustomModel.name == ref))
+        if row_id is None:
+            raise NotFound(f"custom model {ref!r} not found", param="model", code="model_not_found")
+    return scoped_get(session, owner, CustomModel, row_id, "custom model", param="model", code="model_not_found")
 
 
 def list_all(session: Session, owner: Principal | str) -> list[CustomModel]:
     """The owner's custom models, oldest first."""
-    query = select(CustomModel).where(CustomModel.tenancy_id == _tenancy(owner))
+    query = select(CustomModel).where(CustomModel.tenancy_id == tenancy_of(owner))
     return list(session.scalars(query.order_by(CustomModel.created_at, CustomModel.id)))
 
 
 def of_job(session: Session, owner: Principal | str, job_id: str) -> CustomModel | None:
     """The custom model a job made, if it made one."""
-    query = select(CustomModel).where(CustomModel.tenancy_id == _tenancy(owner), CustomModel.job_id == job_id)
+    query = select(CustomModel).where(CustomModel.tenancy_id == tenancy_of(owner), CustomModel.job_id == job_id)
     return session.scalar(query)
 
 
 def add(session: Session, owner: Principal | str, row: CustomModel) -> CustomModel:
     """Record a new custom model of the owner's tenancy (flushed, not committed)."""
-    if row.tenancy_id != _tenancy(owner):
+    if row.tenancy_id != tenancy_of(owner):
         raise ValueError("a custom model belongs to its owner's tenancy")
     session.add(row)
     session.flush()

@@ -27,6 +27,7 @@ from atelier.errors import InvalidInput, NotFound, Unavailable
 from atelier.principal import Principal
 from atelier.store import identity
 from atelier.store.db import Database
+from atelier.store.scoping import scoped_get
 from atelier.store.objects import ObjectStore
 from atelier.store.tables import File, new_id, utcnow
 
@@ -198,8 +199,4 @@ class FileStore:
 def _scoped(session: Session, owner: Principal | str, file_id: str) -> File:
     """The file ``file_id`` of the owner's tenancy (the caller's, or a worker's job's); NotFound for a
     missing or foreign one."""
-    tenancy_id = owner.tenancy_id if isinstance(owner, Principal) else owner
-    row = session.get(File, file_id) if isinstance(file_id, str) and file_id else None
-    if row is None or row.tenancy_id != tenancy_id:
-        raise NotFound(f"file {file_id!r} not found")
-    return row
+    return scoped_get(session, owner, File, file_id, "file")

@@ -10,6 +10,7 @@ hashes in) or what policy statements mean (callers validate the text before stor
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from atelier.errors import Conflict, InvalidInput, NotFound
 from atelier.principal import ADMINISTRATORS, Principal
+from atelier.store.scoping import scoped_get
 from atelier.store.tables import (
     NAME_LENGTH,
     ApiKey,
@@ -58,12 +60,73 @@ def _description(text: str) -> str:
     return text
 
 
-def _scoped(session: Session, principal: Principal, table: type[T], row_id: str, what: str) -> T:
-    """The row ``row_id`` of the caller's tenancy; NotFound for a missing or foreign one."""
-    row = session.get(table, row_id) if isinstance(row_id, str) and row_id else None
-    if row is None or row.tenancy_id != principal.tenancy_id:
-        raise NotFound(f"{what} {row_id!r} not found")
-    return row
+@dataclass(frozen=True)
+class _Named:
+    """The rows of one table named uniquely in their tenancy: users, groups, policies.
+
+    Create, read, find by name, list and rename are the same for each; what differs (ids,
+    name rules, what protects a row) stays in the functions below that use this.
+    """
+
+    table: type
+    noun: str
+    prefix: str
+    pattern: re.Pattern[str] | None
+
+    def new(self, session: Session, principal: Principal, name: str, description: str = "", **fields):
+        """Create a row of the caller's tenancy.
+
+        Raises:
+            InvalidInput: Bad name or description.
+            Conflict: The tenancy already has one of this name.
+        """
+        _name(name, self.pattern, f"{self.noun} name")
+        _description(description)
+        self.require_free(session, principal, name)
+        now = utcnow()
+        extra = {"updated_at": now} if hasattr(self.table, "updated_at") else {}
+        row = self.table(id=new_id(self.prefix), tenancy_id=principal.tenancy_id, name=name,
+                         description=description, created_at=now, **extra, **fields)
+        session.add(row)
+        session.flush()
+        return row
+
+    def get(self, session: Session, principal: Principal, row_id: str):
+        """The row with this id.
+
+        Raises:
+            NotFound: None in the caller's tenancy.
+        """
+        return scoped_get(session, principal, self.table, row_id, self.noun)
+
+    def find(self, session: Session, principal: Principal, name: str):
+        """The caller's tenancy's row of this name, or None."""
+        table = self.table
+        return session.scalar(select(table).where(table.tenancy_id == principal.tenancy_id, table.name == name))
+
+    def all(self, session: Session, principal: Principal) -> list:
+        """The caller's tenancy's rows, oldest first."""
+        table = self.table
+        query = select(table).where(table.tenancy_id == principal.tenancy_id)
+        return list(session.scalars(query.order_by(table.created_at, table.id)))
+
+    def require_free(self, session: Session, principal: Principal, name: str) -> None:
+        if self.find(session, principal, name) is not None:
+            raise Conflict(f"a {self.noun} named {name!r} already exists", param="name")
+
+    def edit(self, session: Session, principal: Principal, row, name: str | None, description: str | None) -> None:
+        """Rename ``row`` and change its description (None leaves a field as it is)."""
+        if name is not None and name != row.name:
+            _name(name, self.pattern, f"{self.noun} name")
+            self.require_free(session, principal, name)
+            row.name = name
+        if description is not None:
+            row.description = _description(description)
+
+
+_USERS = _Named(User, "user", "usr", _USER_NAME)
+_GROUPS = _Named(Group, "group", "grp", _SIMPLE_NAME)
+_POLICIES = _Named(Policy, "policy", "pol", None)
 
 
 # --- compartments ----------------------------------------------------------------------
@@ -106,7 +169,7 @@ def get_compartment(session: Session, principal: Principal, compartment_id: str)
     Raises:
         NotFound: No such compartment in the caller's tenancy.
     """
-    return _scoped(session, principal, Compartment, compartment_id, "compartment")
+    return scoped_get(session, principal, Compartment, compartment_id, "compartment")
 
 
 def list_compartments(session: Session, principal: Principal) -> list[Compartment]:
@@ -206,43 +269,14 @@ def resolve_compartment(session: Session, principal: Principal, ref: str) -> Com
 # --- users -----------------------------------------------------------------------------
 
 
-def create_user(session: Session, principal: Principal, name: str, *, description: str = "") -> User:
-    """Create a user of the caller's tenancy.
+create_user = _USERS.new
+"""Create a user of the caller's tenancy (``name``, ``description``)."""
 
-    Raises:
-        InvalidInput: Bad name (letters, digits, ``_ . - @ +``; 1 to 100) or description.
-        Conflict: The tenancy already has a user of this name.
-    """
-    _name(name, _USER_NAME, "user name")
-    _description(description)
-    if find_user(session, principal, name) is not None:
-        raise Conflict(f"a user named {name!r} already exists", param="name")
-    row = User(id=new_id("usr"), tenancy_id=principal.tenancy_id, name=name, description=description,
-               created_at=utcnow())
-    session.add(row)
-    session.flush()
-    return row
+get_user = _USERS.get
 
+find_user = _USERS.find
 
-def get_user(session: Session, principal: Principal, user_id: str) -> User:
-    """The user with this id.
-
-    Raises:
-        NotFound: No such user in the caller's tenancy.
-    """
-    return _scoped(session, principal, User, user_id, "user")
-
-
-def find_user(session: Session, principal: Principal, name: str) -> User | None:
-    """The caller's tenancy's user of this name, or None."""
-    return session.scalar(select(User).where(User.tenancy_id == principal.tenancy_id, User.name == name))
-
-
-def list_users(session: Session, principal: Principal) -> list[User]:
-    """The users of the caller's tenancy, oldest first."""
-    query = select(User).where(User.tenancy_id == principal.tenancy_id)
-    return list(session.scalars(query.order_by(User.created_at, User.id)))
-
+list_users = _USERS.all
 
 def update_user(
     session: Session, principal: Principal, user_id: str, *, name: str | None = None, description: str | None = None
@@ -255,13 +289,7 @@ def update_user(
         Conflict: Another user has the new name.
     """
     row = get_user(session, principal, user_id)
-    if name is not None and name != row.name:
-        _name(name, _USER_NAME, "user name")
-        if find_user(session, principal, name) is not None:
-            raise Conflict(f"a user named {name!r} already exists", param="name")
-        row.name = name
-    if description is not None:
-        row.description = _description(description)
+    _USERS.edit(session, principal, row, name, description)
     session.flush()
     return row
 
@@ -316,43 +344,14 @@ def groups_of(session: Session, principal: Principal, user_id: str) -> list[Grou
 # --- groups ----------------------------------------------------------------------------
 
 
-def create_group(session: Session, principal: Principal, name: str, *, description: str = "") -> Group:
-    """Create a group of the caller's tenancy.
+create_group = _GROUPS.new
+"""Create a group of the caller's tenancy (``name``, ``description``)."""
 
-    Raises:
-        InvalidInput: Bad name (letters, digits, ``_ . -``; 1 to 100) or description.
-        Conflict: The tenancy already has a group of this name.
-    """
-    _name(name, _SIMPLE_NAME, "group name")
-    _description(description)
-    if find_group(session, principal, name) is not None:
-        raise Conflict(f"a group named {name!r} already exists", param="name")
-    row = Group(id=new_id("grp"), tenancy_id=principal.tenancy_id, name=name, description=description,
-                created_at=utcnow())
-    session.add(row)
-    session.flush()
-    return row
+get_group = _GROUPS.get
 
+find_group = _GROUPS.find
 
-def get_group(session: Session, principal: Principal, group_id: str) -> Group:
-    """The group with this id.
-
-    Raises:
-        NotFound: No such group in the caller's tenancy.
-    """
-    return _scoped(session, principal, Group, group_id, "group")
-
-
-def find_group(session: Session, principal: Principal, name: str) -> Group | None:
-    """The caller's tenancy's group of this name, or None."""
-    return session.scalar(select(Group).where(Group.tenancy_id == principal.tenancy_id, Group.name == name))
-
-
-def list_groups(session: Session, principal: Principal) -> list[Group]:
-    """The groups of the caller's tenancy, oldest first."""
-    query = select(Group).where(Group.tenancy_id == principal.tenancy_id)
-    return list(session.scalars(query.order_by(Group.created_at, Group.id)))
-
+list_groups = _GROUPS.all
 
 def update_group(
     session: Session, principal: Principal, group_id: str, *, name: str | None = None, description: str | None = None
@@ -366,15 +365,9 @@ def update_group(
             (the protected policy names it).
     """
     row = get_group(session, principal, group_id)
-    if name is not None and name != row.name:
-        if row.name == ADMINISTRATORS:
-            raise Conflict(f"the {ADMINISTRATORS} group cannot be renamed", param="name")
-        _name(name, _SIMPLE_NAME, "group name")
-        if find_group(session, principal, name) is not None:
-            raise Conflict(f"a group named {name!r} already exists", param="name")
-        row.name = name
-    if description is not None:
-        row.description = _description(description)
+    if name is not None and name != row.name and row.name == ADMINISTRATORS:
+        raise Conflict(f"the {ADMINISTRATORS} group cannot be renamed", param="name")
+    _GROUPS.edit(session, principal, row, name, description)
     session.flush()
     return row
 
@@ -466,39 +459,14 @@ def create_policy(
         InvalidInput: Bad name or description.
         Conflict: The tenancy already has a policy of this name.
     """
-    _name(name, None, "policy name")
-    _description(description)
-    if find_policy(session, principal, name) is not None:
-        raise Conflict(f"a policy named {name!r} already exists", param="name")
-    now = utcnow()
-    row = Policy(
-        id=new_id("pol"), tenancy_id=principal.tenancy_id, name=name, description=description,
-        statements=statements, protected=protected, created_at=now, updated_at=now,
-    )
-    session.add(row)
-    session.flush()
-    return row
+    return _POLICIES.new(session, principal, name, description, statements=statements, protected=protected)
 
 
-def get_policy(session: Session, principal: Principal, policy_id: str) -> Policy:
-    """The policy with this id.
+get_policy = _POLICIES.get
 
-    Raises:
-        NotFound: No such policy in the caller's tenancy.
-    """
-    return _scoped(session, principal, Policy, policy_id, "policy")
+find_policy = _POLICIES.find
 
-
-def find_policy(session: Session, principal: Principal, name: str) -> Policy | None:
-    """The caller's tenancy's policy of this name, or None."""
-    return session.scalar(select(Policy).where(Policy.tenancy_id == principal.tenancy_id, Policy.name == name))
-
-
-def list_policies(session: Session, principal: Principal) -> list[Policy]:
-    """The policies of the caller's tenancy, oldest first."""
-    query = select(Policy).where(Policy.tenancy_id == principal.tenancy_id)
-    return list(session.scalars(query.order_by(Policy.created_at, Policy.id)))
-
+list_policies = _POLICIES.all
 
 def update_policy(
     session: Session, principal: Principal, policy_id: str, *, name: str | None = None,
@@ -514,13 +482,7 @@ def update_policy(
     row = get_policy(session, principal, policy_id)
     if row.protected:
         raise Conflict(f"policy {row.name!r} is protected: it cannot be edited")
-    if name is not None and name != row.name:
-        _name(name, None, "policy name")
-        if find_policy(session, principal, name) is not None:
-            raise Conflict(f"a policy named {name!r} already exists", param="name")
-        row.name = name
-    if description is not None:
-        row.description = _description(description)
+    _POLICIES.edit(session, principal, row, name, description)
     if statements is not None:
         row.statements = statements
     row.updated_at = utcnow()
@@ -552,7 +514,7 @@ def get_api_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
     Raises:
         NotFound: No such key in the caller's tenancy.
     """
-    return _scoped(session, principal, ApiKey, key_id, "API key")
+    return scoped_get(session, principal, ApiKey, key_id, "API key")
 
 
 def list_api_keys(

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from atelier.errors import Conflict, InvalidInput, NotFound
 from atelier.principal import Principal
 from atelier.store.db import Database
+from atelier.store.scoping import scoped_get
 from atelier.store.tables import Job, JobEvent, utcnow
 
 STATES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
@@ -185,10 +186,7 @@ class JobQueue:
 
     @staticmethod
     def _scoped(session: Session, principal: Principal, job_id: str, *, param: str | None = None) -> Job:
-        job = session.get(Job, job_id) if isinstance(job_id, str) and job_id else None
-        if job is None or job.tenancy_id != principal.tenancy_id:
-            raise NotFound(f"job {job_id!r} not found", param=param)
-        return job
+        return scoped_get(session, principal, Job, job_id, "job", param=param)
 
     def events(
         self,
@@ -229,11 +227,8 @@ class JobQueue:
         Raises:
             NotFound: No such job in the owner's tenancy.
         """
-        tenancy_id = owner.tenancy_id if isinstance(owner, Principal) else owner
         with self.db.session() as session:
-            job = session.get(Job, job_id) if isinstance(job_id, str) and job_id else None
-            if job is None or job.tenancy_id != tenancy_id:
-                raise NotFound(f"job {job_id!r} not found")
+            scoped_get(session, owner, Job, job_id, "job")
             order = JobEvent.id.desc() if newest_first else JobEvent.id
             return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(order).limit(limit)))
 

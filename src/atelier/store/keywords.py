@@ -109,17 +109,8 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 def _chunk(row) -> StoredChunk:
-    return StoredChunk(
-        chunk_id=row.chunk_id,
-        document_id=row.document_id,
-        filename=row.filename,
-        position=row.position,
-        text=row.text,
-        start=row.start,
-        end=row.end,
-        heading=row.heading,
-        tags=tuple(row.tags or ()),
-    )
+    return StoredChunk(row.chunk_id, row.document_id, row.filename, row.position, row.text, row.start, row.end,
+                       row.heading, tuple(row.tags or ()))
 
 
 class KeywordIndex:

@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
 from atelier.errors import InvalidInput, NotFound, Unavailable
-from atelier.rag.indexing import Filter, Hit, Scope, StoredChunk
+from atelier.rag.indexing import Filter, Hit, Scope, StoredChunk, vectors_for
 
 CHUNKS = "kb_vector_chunks"
 COLLECTIONS = "kb_vector_collections"
@@ -304,11 +304,7 @@ class PgVectorStore:
             InvalidInput: Shapes disagree with the chunks or the knowledge base's dimensions.
             NotFound: The knowledge base was never created.
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
-            raise InvalidInput(
-                f"expected {len(chunks)} vectors, got an array of shape {vectors.shape}", param="vectors"
-            )
+        vectors = vectors_for(chunks, vectors)
         if not chunks:
             return
         ids = [c.chunk_id for c in chunks]
@@ -497,14 +493,5 @@ def _where(scope: Scope, filter: Filter | None) -> tuple[str, dict[str, Any]]:
 
 
 def _chunk(row: Any) -> StoredChunk:
-    return StoredChunk(
-        chunk_id=row.chunk_id,
-        document_id=row.document_id,
-        filename=row.filename,
-        position=int(row.position),
-        text=row.text,
-        start=int(row.start_offset),
-        end=int(row.end_offset),
-        heading=row.heading,
-        tags=tuple(row.tags),
-    )
+    return StoredChunk(row.chunk_id, row.document_id, row.filename, int(row.position), row.text,
+                       int(row.start_offset), int(row.end_offset), row.heading, tuple(row.tags))

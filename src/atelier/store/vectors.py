@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from atelier.errors import InvalidInput, NotFound, Unavailable
-from atelier.rag.indexing import Filter, Hit, Scope, StoredChunk, VectorStore
+from atelier.rag.indexing import Filter, Hit, Scope, StoredChunk, VectorStore, vectors_for
 from atelier.store.db import Database
 from atelier.store.keywords import KeywordIndex
 
@@ -379,11 +379,7 @@ class ChromaStore:
             InvalidInput: ``vectors`` is not float ``(len(chunks), dimensions)``.
             NotFound: the knowledge base was not created.
         """
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
-            raise InvalidInput(
-                f"expected {len(chunks)} vectors, got an array of shape {vectors.shape}", param="vectors"
-            )
+        vectors = vectors_for(chunks, vectors)
         if not chunks:
             return
         self.vectors.upsert(scope, chunks, vectors)

@@ -201,6 +201,8 @@ def test_a_job_shows_only_the_settings_its_method_uses(client):
     lora = create(client, file_id, training_config={"type": "lora", "total_training_epochs": 1})
     assert {"lora_r", "lora_alpha", "lora_dropout"} <= set(lora["training_config"])
     assert "feedforward_modules" not in lora["training_config"]
+    for job in (tfew, lora):  # the module's other tests run the oldest queued job
+        assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
 
 
 def test_idempotency_key_gives_one_job(client, check_error):

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from atelier.api.authz import Guard
 from atelier.api.deps import GuardDep, ServicesDep
 from atelier.api.envelopes import Deleted, unix
-from atelier.api.uploads import Form, read_form
+from atelier.api.uploads import Form, multipart_body, read_form
 from atelier.errors import InvalidInput
 from atelier.store.files import PURPOSES, FileStore, check_purpose, clean_filename
 from atelier.store.tables import File
@@ -36,31 +36,12 @@ TYPE = "files"
 FILE_FIELD = "file"
 MAX_COMPARTMENT_REF = 1000
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD, "purpose"],
-                    "properties": {
-                        FILE_FIELD: {"type": "string", "format": "binary", "description": "The file's bytes."},
-                        "purpose": {
-                            "type": "string", "enum": list(PURPOSES),
-                            "description": "`fine-tune` (JSONL training data) or `knowledge-base` (documents).",
-                        },
-                        "compartment": {
-                            "type": "string", "maxLength": MAX_COMPARTMENT_REF,
-                            "description": "Compartment id (`cmp_…`) or path (`eng:ml`); default the tenancy root.",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}  # fmt: skip
-"""The upload's form, described for the OpenAPI document (the route reads it itself, streaming)."""
+UPLOAD_BODY = multipart_body(FILE_FIELD, "The file's bytes.", {
+    "purpose": {"type": "string", "enum": list(PURPOSES),
+                "description": "`fine-tune` (JSONL training data) or `knowledge-base` (documents)."},
+    "compartment": {"type": "string", "maxLength": MAX_COMPARTMENT_REF,
+                    "description": "Compartment id (`cmp_…`) or path (`eng:ml`); default the tenancy root."},
+}, required=("purpose",))  # fmt: skip
 
 
 class FileObject(BaseModel):

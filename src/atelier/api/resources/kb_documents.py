@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier.api.deps import GuardDep, ServicesDep
 from atelier.api.envelopes import Deleted, unix
-from atelier.api.uploads import read_form
+from atelier.api.uploads import multipart_body, read_form
 from atelier.cloud.knowledge_bases import KnowledgeBaseService
 from atelier.errors import InvalidInput
 from atelier.principal import Principal
@@ -38,26 +38,10 @@ KNOWLEDGE_BASES = "knowledge-bases"
 
 FILE_FIELD = "file"
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD],
-                    "properties": {
-                        FILE_FIELD: {"type": "string", "format": "binary",
-                                     "description": "The document: .txt, .md, .html, .pdf or .docx."},
-                        "tags": {"type": "string", "maxLength": 4096,
-                                 "description": 'Tags to filter searches on: a JSON list (["hr", "2024"]) or "hr,2024".'},
-                    },
-                }
-            }
-        },
-    }
-}  # fmt: skip
-"""The upload's form, described for the OpenAPI document (the route reads it itself, streaming)."""
+UPLOAD_BODY = multipart_body(FILE_FIELD, "The document: .txt, .md, .html, .pdf or .docx.", {
+    "tags": {"type": "string", "maxLength": 4096,
+             "description": 'Tags to filter searches on: a JSON list (["hr", "2024"]) or "hr,2024".'},
+})  # fmt: skip
 
 
 class Progress(BaseModel):

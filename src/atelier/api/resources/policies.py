@@ -93,7 +93,7 @@ def create_policy(body: PolicyIn, access: AccessDep, session: SessionDep) -> Pol
 def list_policies(access: AccessDep, session: SessionDep) -> ObjectList[PolicyOut]:
     """The policies you may inspect, oldest first."""
     rows = identity.list_policies(session, access.principal)
-    visible = [r for r in rows if access.visible(TYPE, target_id=r.id, target_name=r.name)]
+    visible = [r for r in rows if access.decide("list", TYPE, target_id=r.id, target_name=r.name).allowed]
     return ObjectList[PolicyOut](data=[_out(r) for r in visible])
 
 
