@@ -17,8 +17,9 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from atelier.api.asgi import HttpMiddleware
 from atelier.api.route_table import rule_for
 from atelier.principal import Principal
 from atelier.security.audit import AuditEntry, AuditEvent, AuditLog
@@ -155,7 +156,7 @@ def needs_outcome(method: str, status: int, decided: bool) -> bool:
     return (method in STATE_CHANGING and status < 400) or status >= 400 or not decided
 
 
-class AuditMiddleware:
+class AuditMiddleware(HttpMiddleware):
     """Pure ASGI middleware: request ids, and an outcome entry once the response is sent.
 
     Add it after ``install_error_handlers`` so that it wraps them and sees final statuses
@@ -164,13 +165,7 @@ class AuditMiddleware:
     already on its way.
     """
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.setdefault("state", {})
         request_id = state["request_id"] = new_request_id()
         status: int | None = None

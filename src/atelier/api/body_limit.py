@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atelier.api.errors import domain_error_response
+from atelier.api.asgi import HttpMiddleware
 from atelier.errors import TooLarge
 
 
@@ -22,7 +23,7 @@ class BodyTooLarge(Exception):
     """Raised into the application's ``receive`` once the body passes the limit."""
 
 
-class BodySizeLimit:
+class BodySizeLimit(HttpMiddleware):
     """Refuse HTTP request bodies over ``max_bytes`` (413, OpenAI error object).
 
     Args:
@@ -34,7 +35,7 @@ class BodySizeLimit:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, routes: Mapping[tuple[str, str], int] | None = None):
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
         self.routes = {key: limit for key, limit in (routes or {}).items() if "{" not in key[1]}
         self.templates = [
@@ -56,10 +57,7 @@ class BodySizeLimit:
     def _too_large(limit: int) -> TooLarge:
         return TooLarge(f"The request body is larger than the limit of {limit} bytes.")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.limit_for(scope)
         declared = _content_length(scope)
         if declared is not None and declared > limit:

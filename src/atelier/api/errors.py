@@ -20,8 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from atelier.api.asgi import HttpMiddleware
 from atelier.errors import (
     AtelierError,
     Conflict,
@@ -216,20 +217,14 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(payload, status_code=status, headers=headers)
 
 
-class UnexpectedErrors:
+class UnexpectedErrors(HttpMiddleware):
     """Pure ASGI middleware: an unhandled exception becomes a logged, generic 500 error object.
 
     If the response had already started (a stream), nothing can be sent any more: the
     exception is logged and re-raised so that the server closes the connection.
     """
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracking_send(message: Message) -> None:

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from atelier.api.asgi import HttpMiddleware
 from atelier.api.route_table import rule_for
 from atelier.api.services import ServicesDep
 
@@ -98,7 +99,7 @@ def _route_of(scope: Scope) -> str:
     return path if path in docs - {None} else UNMATCHED
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(HttpMiddleware):
     """Pure ASGI middleware: count each HTTP request by route and status, and time it.
 
     Add it after the error handlers so that it sees final statuses. Bodies pass through
@@ -106,13 +107,10 @@ class MetricsMiddleware:
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 

@@ -337,18 +337,15 @@ class KeywordIndex:
         clauses: list[str] = []
         if filter is None:
             return clauses
+        def bound(values: tuple[str, ...], prefix: str) -> str:
+            """``:d0, :d1…`` for ``values``, which go into ``params`` (never into the SQL text)."""
+            params.update({f"{prefix}{i}": value for i, value in enumerate(values)})
+            return ", ".join(f":{prefix}{i}" for i in range(len(values)))
+
         if filter.document_ids:
-            names = []
-            for i, doc in enumerate(filter.document_ids):
-                params[f"d{i}"] = doc
-                names.append(f":d{i}")
-            clauses.append(f"c.document_id IN ({', '.join(names)})")
+            clauses.append(f"c.document_id IN ({bound(filter.document_ids, 'd')})")
         if filter.tags:
-            names = []
-            for i, tag in enumerate(filter.tags):
-                params[f"g{i}"] = tag
-                names.append(f":g{i}")
-            clauses.append(f"EXISTS (SELECT 1 FROM json_each(c.tags) WHERE json_each.value IN ({', '.join(names)}))")
+            clauses.append(f"EXISTS (SELECT 1 FROM json_each(c.tags) WHERE json_each.value IN ({bound(filter.tags, 'g')}))")
         return clauses
 
     @staticmethod

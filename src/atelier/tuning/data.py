@@ -432,29 +432,13 @@ def validate(
     return ValidationReport(examples=examples, problems=problems, n_records=records)
 
 
-def load_examples(
-    data: bytes | str,
-    tokenizer,
-    *,
-    context_length: int,
-    chat_format: str = "template",
-    text_template: str | None = None,
-    min_examples: int = MIN_EXAMPLES,
-    param: str = "training_file",
-) -> list[Example]:
-    """The examples of a file that must be valid as a whole (see ``validate``).
+def load_examples(data: bytes | str, tokenizer, *, param: str = "training_file", **options) -> list[Example]:
+    """The examples of a file that must be valid as a whole (``options``: those of ``validate``).
 
     Raises:
         InvalidInput: one error listing every problem by line (``param`` as given).
     """
-    report = validate(
-        data,
-        tokenizer,
-        context_length=context_length,
-        chat_format=chat_format,
-        text_template=text_template,
-        min_examples=min_examples,
-    )
+    report = validate(data, tokenizer, **options)
     report.raise_for_problems(param)
     return report.examples
 
