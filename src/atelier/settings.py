@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1, le=2**31 - 1024, description="Largest file accepted by POST /v1/files (413 above)."
     )
     device: str = Field("cpu", description="torch device for the in-process engine ('cpu' or 'cuda').")
+    worker_restart_seconds: float = Field(
+        1.0, ge=0.1, le=60, description="Delay before `serve` restarts a job worker that ended; doubled at each quick "
+        "death up to a minute.",
+    )
     url: str = Field("http://127.0.0.1:8000", description="Base URL of the service, for the CLI and the client.")
     api_key: SecretStr | None = Field(
         None, description="API key the CLI and the client send; default: <data_dir>/admin.key when present."

@@ -30,6 +30,7 @@ from atelier.api.services import Services
 from atelier.api.uploads import upload_limit
 from atelier.catalog import Catalog
 from atelier.engine.client import EngineClient
+from atelier.jobs.supervisor import WorkerSupervisor
 from atelier.cloud.bootstrap import ADMIN_KEY_FILE
 from atelier.settings import Settings, get_settings
 
@@ -53,6 +54,7 @@ def create_app(
     settings: Settings | None = None,
     engine: EngineClient | None = None,
     catalog: Catalog | None = None,
+    workers: WorkerSupervisor | None = None,
 ) -> FastAPI:
     """Build the HTTP application.
 
@@ -62,6 +64,7 @@ def create_app(
             at startup and closed at shutdown. A given engine belongs to the caller, who
             closes it.
         catalog: The model catalog; default: ``Catalog.load(settings.catalog_file)``.
+        workers: The job workers ``atelier serve`` runs beside the app (``/health`` reports them).
 
     Returns:
         The FastAPI app; its lifespan (run by uvicorn, or ``with TestClient(app)``) builds
@@ -73,7 +76,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         models_catalog = catalog or Catalog.load(settings.catalog_file)
-        services, new_key = await run_in_threadpool(Services.open, settings, models_catalog, app_metrics, engine)
+        services, new_key = await run_in_threadpool(Services.open, settings, models_catalog, app_metrics, engine,
+                                                     workers)
         if new_key is not None:
             print(f"Administrator API key (saved to {settings.data_path / ADMIN_KEY_FILE}): {new_key}", flush=True)
         app.state.services = services

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from atelier.api.asgi import HttpMiddleware
+from atelier.api.health import workers_health
 from atelier.api.route_table import rule_for
 from atelier.api.services import ServicesDep
 
@@ -61,6 +62,13 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.adapters = Gauge("atelier_engine_active_adapters", "Adapters loaded in the engine's slots.", registry=r)
+        self.workers = Gauge("atelier_job_workers", "Job workers: alive (seen in the last 20 s), expected and "
+                             "running (those `serve` keeps up).", ["state"], registry=r)
+        self.queued_jobs = Gauge("atelier_jobs_queued", "Jobs waiting in the queue.", registry=r)
+        self.oldest_queued = Gauge("atelier_job_oldest_queued_seconds", "Age of the oldest waiting job (0: none).",
+                                   registry=r)
+        self.unserved = Gauge("atelier_jobs_unserved_kinds", "Kinds of waiting jobs that no live worker runs.",
+                              registry=r)
 
     def count_tokens(self, model: str, prompt: int, completion: int = 0) -> None:
         """Add one request's token counts."""
@@ -78,6 +86,16 @@ class Metrics:
             for name, values in models.items():
                 gauge.labels(model=name).set(values.get(key, 0))
         self.adapters.set(stats.get("adapters", 0))
+
+    def read_workers(self, workers: Any) -> None:
+        """Set the worker and queue gauges from ``/health``'s ``WorkersHealth``."""
+        self.workers.labels(state="alive").set(workers.alive)
+        for state in ("expected", "running"):
+            value = getattr(workers, state)
+            self.workers.labels(state=state).set(value if value is not None else 0)
+        self.queued_jobs.set(workers.queued_jobs)
+        self.oldest_queued.set(workers.oldest_queued_seconds or 0.0)
+        self.unserved.set(len(workers.unserved_kinds))
 
     def render(self) -> bytes:
         """Every metric in the Prometheus text format."""
@@ -137,4 +155,5 @@ class MetricsMiddleware(HttpMiddleware):
 async def metrics(services: ServicesDep) -> Response:
     """Requests by route and status, latency, tokens by model, engine queues and adapters."""
     await run_in_threadpool(services.metrics.read_engine, services.engine)
+    services.metrics.read_workers(await run_in_threadpool(workers_health, services))
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

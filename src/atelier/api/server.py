@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from atelier.api.app import create_app
-from atelier.jobs.worker import start_worker_processes, stop_worker_processes
+from atelier.jobs.supervisor import WorkerSupervisor
 from atelier.settings import Settings
 
 
@@ -46,17 +46,17 @@ def run(
         settings: Service settings (host, port, data dir...).
         tls_cert: PEM certificate file (chain), to serve HTTPS; needs ``tls_key``.
         tls_key: PEM private key of ``tls_cert``.
-        workers: Job worker processes to run beside the service (``atelier worker``),
-            stopped when it stops.
+        workers: Job worker processes to run beside the service (``atelier worker``), kept
+            running (restarted with backoff when one ends) and stopped when it stops.
 
     Raises:
         ValueError: The TLS files are incomplete, unreadable or do not match (see ``check_tls_files``).
     """
     check_tls_files(tls_cert, tls_key)
-    processes = start_worker_processes(settings, workers)
+    supervisor = WorkerSupervisor(settings, workers).start()
     try:
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, workers=supervisor),
             host=settings.host,
             port=settings.port,
             ssl_certfile=str(tls_cert) if tls_cert else None,
@@ -64,4 +64,4 @@ def run(
             log_level="info",
         )
     finally:
-        stop_worker_processes(processes)
+        supervisor.stop()

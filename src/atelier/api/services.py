@@ -49,6 +49,7 @@ from atelier.store.vectors import open_vector_store
 
 if TYPE_CHECKING:
     from atelier.api.metrics import Metrics
+    from atelier.jobs.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,13 @@ class Services:
     models: ServedModels
     generation: GenerationService
     grounding: Grounding
+    workers: WorkerSupervisor | None = None
+    """The job workers ``atelier serve`` keeps running (None: none started with this process)."""
     owns_engine: bool = False
 
     @classmethod
-    def open(cls, settings: Settings, catalog: Catalog, metrics: Metrics,
-             engine: EngineClient | None = None) -> tuple[Services, str | None]:
+    def open(cls, settings: Settings, catalog: Catalog, metrics: Metrics, engine: EngineClient | None = None,
+             workers: WorkerSupervisor | None = None) -> tuple[Services, str | None]:
         """Prepare the data directory and database and build every part (blocking).
 
         Args:
@@ -134,6 +137,7 @@ class Services:
             metrics: The app's metrics (its middleware exists before the lifespan runs).
             engine: The inference engine; default a ``LocalEngine`` over the catalog, owned
                 (and closed) by the returned services.
+            workers: The job workers started beside the service, if any (for ``/health``).
 
         Returns:
             The services, and the operator key if this start generated one (else None).
@@ -176,7 +180,7 @@ class Services:
                 fine_tuning=FineTuningService(db, files, catalog, lambda name: engine.tokenizer(name), jobs, clusters),
                 models=models, generation=generation,
                 grounding=Grounding(knowledge_bases, engine, catalog, generation, settings.default_chat_model),
-                owns_engine=owns_engine,
+                workers=workers, owns_engine=owns_engine,
             )  # fmt: skip
         except BaseException:
             for part in built:

@@ -24,7 +24,7 @@ def _method(row: dict[str, Any]) -> Any:
 
 JOB_COLUMNS = [
     ("ID", "id"), ("STATUS", "status"), ("MODEL", "model"), ("METHOD", _method),
-    ("FINE_TUNED_MODEL", "fine_tuned_model"), ("TRAINED_TOKENS", "trained_tokens"),
+    ("FINE_TUNED_MODEL", "fine_tuned_model"), ("TRAINED_TOKENS", "trained_tokens"), ("WAITING", "waiting_reason"),
 ]  # fmt: skip
 EVENT_COLUMNS = [("ID", "id"), ("LEVEL", "level"), ("TYPE", "type"), ("MESSAGE", "message")]
 

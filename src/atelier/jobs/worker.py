@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from atelier.errors import InvalidInput
 from atelier.jobs.context import Handler, JobContext, JobStopped, one_line
-from atelier.store.jobs import JobQueue
+from atelier.store.jobs import PRESENCE_SECONDS, JobQueue
 from atelier.store.db import Database
 
 if TYPE_CHECKING:
@@ -108,6 +108,30 @@ class Worker:
         Returns:
             How many jobs were run.
         """
+        done = 0
+        presence = threading.Thread(target=self._announce, name=f"presence-{self.worker_id}", daemon=True)
+        presence.start()
+        try:
+            done = self._loop(max_jobs)
+        finally:
+            self._stopping.set()
+            presence.join(timeout=5)
+            try:
+                self.queue.worker_gone(self.worker_id)
+            except SQLAlchemyError:
+                log.exception("worker %s: could not record its stop", self.worker_id)
+        return done
+
+    def _announce(self) -> None:
+        """Say this worker is alive every few seconds, even while a long job runs (``/health``)."""
+        while not self._stopping.is_set():
+            try:
+                self.queue.worker_seen(self.worker_id, self.handlers)
+            except SQLAlchemyError:
+                log.exception("worker %s: could not record its presence", self.worker_id)
+            self._stopping.wait(PRESENCE_SECONDS)
+
+    def _loop(self, max_jobs: int | None) -> int:
         done = 0
         while not self._stopping.is_set() and (max_jobs is None or done < max_jobs):
             try:
@@ -267,7 +291,7 @@ def _stop_when_orphaned(worker: Worker, parent_pid: int) -> None:
 
 def start_worker_processes(settings: Settings, count: int,
                            command: list[str] | None = None) -> list[subprocess.Popen[bytes]]:
-    """Start ``count`` ``atelier worker`` processes for the service (what ``serve --workers`` does).
+    """Start ``count`` ``atelier worker`` processes for the service (``jobs.supervisor`` keeps them up).
 
     The database is migrated first, so the workers and the HTTP service do not race to
     create it. The workers inherit the environment (``ATELIER_*``) and get the data dir as
@@ -286,9 +310,14 @@ def start_worker_processes(settings: Settings, count: int,
         db.migrate()
     finally:
         db.dispose()
-    command = [*(command or [sys.executable, "-m", "atelier", "worker"]), "--data-dir", str(settings.data_path),
-               "--parent-pid", str(os.getpid())]
-    return [subprocess.Popen(command, start_new_session=True) for _ in range(count)]
+    return [spawn_worker(settings, command) for _ in range(count)]
+
+
+def spawn_worker(settings: Settings, command: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """One worker process of the service (its database already migrated); see ``start_worker_processes``."""
+    argv = [*(command or [sys.executable, "-m", "atelier", "worker"]), "--data-dir", str(settings.data_path),
+            "--parent-pid", str(os.getpid())]
+    return subprocess.Popen(argv, start_new_session=True)
 
 
 def stop_worker_processes(processes: list[subprocess.Popen[bytes]], grace_seconds: float = 15.0) -> None:

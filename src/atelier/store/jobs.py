@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ from atelier.errors import Conflict, InvalidInput, NotFound
 from atelier.principal import Principal
 from atelier.store.db import Database
 from atelier.store.scoping import scoped_get
-from atelier.store.tables import Job, JobEvent, utcnow
+from atelier.store.tables import Job, JobEvent, WorkerPresence, utcnow
 
 STATES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -50,6 +51,19 @@ DEFAULT_MAX_ATTEMPTS = 5
 """Starts after which a job whose worker died again is failed instead of resumed."""
 
 LeaseStatus = Literal["held", "cancel_requested", "lost"]
+PRESENCE_SECONDS = 5.0
+"""How often a worker refreshes its presence row."""
+ALIVE_SECONDS = 20.0
+"""A worker not seen for this long is not alive (it was killed, or its machine is gone)."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Jobs waiting in the queue: how many, the oldest one's age, and the kinds no live worker runs."""
+
+    queued: int
+    oldest_seconds: float | None
+    unserved_kinds: tuple[str, ...]
 
 
 def _check_limit(limit: int, most: int) -> int:
@@ -523,3 +537,43 @@ class JobQueue:
                                         and_(Job.created_at == cursor.created_at, Job.id < cursor.id)))
             query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
             return list(session.scalars(query))
+
+    # --- workers' presence --------------------------------------------------------------------
+
+    def worker_seen(self, worker_id: str, kinds: Iterable[str]) -> None:
+        """Record that worker ``worker_id``, running ``kinds``, is alive now."""
+        now = utcnow()
+        with self._write() as session:
+            row = session.get(WorkerPresence, worker_id)
+            if row is None:
+                session.add(WorkerPresence(id=worker_id, kinds=sorted(kinds), started_at=now, seen_at=now))
+            else:
+                row.kinds, row.seen_at = sorted(kinds), now
+
+    def worker_gone(self, worker_id: str) -> None:
+        """Forget a worker that stopped cleanly."""
+        with self._write() as session:
+            row = session.get(WorkerPresence, worker_id)
+            if row is not None:
+                session.delete(row)
+
+    def live_workers(self, within: float = ALIVE_SECONDS) -> dict[str, tuple[str, ...]]:
+        """The workers seen within the last ``within`` seconds: id → the kinds they run."""
+        since = utcnow() - timedelta(seconds=within)
+        with self.db.session() as session:
+            rows = session.scalars(select(WorkerPresence).where(WorkerPresence.seen_at >= since))
+            return {row.id: tuple(row.kinds) for row in rows}
+
+    def waiting(self, within: float = ALIVE_SECONDS) -> Waiting:
+        """Queued jobs of every tenancy (operator view): how many, the oldest's age, and the kinds
+        of queued jobs that no live worker runs (those wait in vain until one starts)."""
+        served = {kind for kinds in self.live_workers(within).values() for kind in kinds}
+        with self.db.session() as session:
+            rows = session.execute(select(Job.kind, Job.created_at).where(Job.state == "queued")).all()
+        if not rows:
+            return Waiting(0, None, ())
+        now = utcnow()
+        oldest = min(created if created.tzinfo else created.replace(tzinfo=now.tzinfo) for _, created in rows)
+        unserved = tuple(sorted({kind for kind, _ in rows} - served))
+        return Waiting(len(rows), max(0.0, (now - oldest).total_seconds()), unserved)
+

@@ -437,6 +437,17 @@ class Job(Base):
         return f"Job(id={self.id!r}, tenancy_id={self.tenancy_id!r}, kind={self.kind!r}, state={self.state!r})"
 
 
+class WorkerPresence(Base):
+    """A job worker process that is alive: it refreshes ``seen_at`` every few seconds (migration 0008)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kinds: Mapped[list[str]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class JobEvent(Base):
     """A job's progress event (metrics, state changes, messages), in order."""
 

@@ -68,6 +68,9 @@ class FineTuningJob(BaseModel):
     suffix: str | None = None
     training_config: dict[str, Any] = Field(description="The resolved training settings (OCI's names).")
     cluster_id: str | None = Field(None, description="The fine-tuning cluster the job runs on.")
+    waiting_reason: str | None = Field(
+        None, description="Why a queued job does not start, when nothing can run it now: no live worker for its kind."
+    )
 
 
 class JobList(BaseModel):
@@ -129,9 +132,12 @@ def _error(job: Job) -> JobError | None:
     return JobError(code="job_failed", message=text)
 
 
-def job_out(job: Job) -> FineTuningJob:
-    """OpenAI's ``fine_tuning.job`` for a job row."""
+def job_out(job: Job, served_kinds: set[str] | None = None) -> FineTuningJob:
+    """OpenAI's ``fine_tuning.job`` for a job row (``served_kinds``: the kinds live workers run)."""
     p, result = job.payload, job.result or {}
+    waiting = None
+    if job.state == "queued" and served_kinds is not None and job.kind not in served_kinds:
+        waiting = f"no live worker for kind {job.kind}: start `atelier serve` (with workers) or `atelier worker`"
     return FineTuningJob(
         id=job.id, created_at=unix(job.created_at), finished_at=unix(job.finished_at), model=p["model"],
         fine_tuned_model=result.get("fine_tuned_model"), organization_id=job.tenancy_id, status=job.state,
@@ -140,6 +146,7 @@ def job_out(job: Job) -> FineTuningJob:
         training_file=p["training_file"], validation_file=p.get("validation_file"),
         trained_tokens=result.get("trained_tokens"), error=_error(job), seed=p["seed"], metadata=p.get("metadata"),
         suffix=p.get("suffix"), training_config=TuneConfig.model_validate(p["training_config"]).applicable_dump(), cluster_id=job.cluster_id,
+        waiting_reason=waiting,
     )  # fmt: skip
 
 
@@ -195,13 +202,19 @@ def list_jobs(
 ) -> JobList:
     """Your fine-tuning jobs, newest first (the ones you may inspect)."""
     jobs, more = services.fine_tuning.list(guard.principal, after=after, limit=limit, keep=guard.visible)
-    return JobList(data=[job_out(j) for j in jobs], has_more=more)
+    served = _served_kinds(services)
+    return JobList(data=[job_out(j, served) for j in jobs], has_more=more)
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}", response_model=FineTuningJob, summary="Retrieve a job")
-def retrieve_job(fine_tuning_job_id: str, guard: GuardDep) -> FineTuningJob:
+def retrieve_job(fine_tuning_job_id: str, services: ServicesDep, guard: GuardDep) -> FineTuningJob:
     """One fine-tuning job."""
-    return job_out(guard.load(TYPE, fine_tuning_job_id, "get"))
+    return job_out(guard.load(TYPE, fine_tuning_job_id, "get"), _served_kinds(services))
+
+
+def _served_kinds(services) -> set[str]:
+    """The job kinds some live worker runs."""
+    return {kind for kinds in services.jobs.live_workers().values() for kind in kinds}
 
 
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", response_model=FineTuningJob, summary="Cancel a job")

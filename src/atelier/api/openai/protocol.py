@@ -440,7 +440,22 @@ class TokenizeResponse(BaseModel):
     count: int
 
 
+class WorkersHealth(BaseModel):
+    """The job workers, as ``/health`` reports them."""
+
+    alive: int = Field(description="Worker processes seen alive in the last 20 s (any machine).")
+    expected: int | None = Field(None, description="Workers `atelier serve` keeps running (null: none started here).")
+    running: int | None = Field(None, description="Of those, processes running now.")
+    restarts: int = Field(0, description="Workers `atelier serve` restarted after they ended.")
+    queued_jobs: int = Field(description="Jobs waiting in the queue.")
+    oldest_queued_seconds: float | None = Field(None, description="Age of the oldest waiting job.")
+    unserved_kinds: list[str] = Field(description="Kinds of waiting jobs that no live worker runs.")
+
+
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = Field("ok", description="`degraded`: jobs wait with no live worker for "
+                                                                "their kind, or a worker of `serve` is down.")
+    problems: list[str] = Field(default_factory=list, description="What makes the service degraded.")
     version: str
     engine: dict[str, Any]
+    workers: WorkersHealth | None = None
