@@ -165,6 +165,28 @@ def test_chat_with_the_custom_model(finished, client, clusters, tenancy_b, check
     assert tenancy_b.get(f"/v1/custom-models/{model_id}").status_code == 404
 
 
+def test_the_name_the_service_shows_resolves_wherever_a_model_is_accepted(finished, client, clusters, tenancy_b):
+    job = finished[1]
+    model_id = job["fine_tuned_model"]
+    name = client.get(f"/v1/custom-models/{model_id}").json()["name"]
+    assert name.startswith("ft:tiny:") and name.endswith(job["id"])
+    shown = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=100").json()["data"]]
+    assert any(name in message for message in shown)  # the event that names it
+    assert client.get(f"/v1/custom-models/{name}").json()["id"] == model_id
+    assert client.get(f"/v1/custom-models/{name}/adapter").content == \
+        client.get(f"/v1/custom-models/{model_id}/adapter").content  # what `atelier models export` downloads
+    endpoint = client.post("/v1/endpoints", json={"name": "by-name", "cluster_id": clusters["hosting"], "model": name})
+    assert endpoint.status_code == 201, endpoint.text
+    body = {"messages": [{"role": "user", "content": "Say red"}], "max_tokens": 4, "temperature": 0}
+    by_name = client.post("/v1/chat/completions", json={**body, "model": name})
+    by_id = client.post("/v1/chat/completions", json={**body, "model": model_id})
+    assert by_name.status_code == 200, by_name.text
+    assert by_name.json()["choices"] == by_id.json()["choices"] and by_name.json()["model"] == name
+    assert client.post("/v1/completions", json={"model": name, "prompt": "Say", "max_tokens": 2}).status_code == 200
+    assert tenancy_b.post("/v1/chat/completions", json={**body, "model": name}).status_code == 404
+    assert client.delete(f"/v1/endpoints/{endpoint.json()['id']}").status_code == 200
+
+
 def test_bad_file_fails_fast_with_every_problem_by_line(client, check_error):
     rows = examples(12).decode().splitlines()
     rows[2] = "{not json"
