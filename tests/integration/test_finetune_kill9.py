@@ -191,7 +191,7 @@ def service(tmp_path_factory) -> Iterator[Service]:
     clusters = ClusterService(db, catalog, units)
     clusters.create(principal, ClusterRequest(name="ft", type="fine-tuning", unit_type="small", unit_count=8,
                                               base_model=MODEL))
-    fine_tuning = FineTuningService(db, files, catalog, lambda name: base_tokenizer, clusters=clusters)
+    fine_tuning = FineTuningService(db, files, catalog, lambda name: base_tokenizer, JobQueue(db), clusters)
     yield Service(data_dir, env, db, fine_tuning.queue, fine_tuning, CustomModelService(db, objects), principal,
                   training_file)  # fmt: skip
     db.dispose()

@@ -269,14 +269,9 @@ def resolve_compartment(session: Session, principal: Principal, ref: str) -> Com
 # --- users -----------------------------------------------------------------------------
 
 
-create_user = _USERS.new
-"""Create a user of the caller's tenancy (``name``, ``description``)."""
+create_user, get_user, find_user, list_users = _USERS.new, _USERS.get, _USERS.find, _USERS.all
+"""A user of the caller's tenancy: create (``name``, ``description``), by id, by name, all (see ``_Named``)."""
 
-get_user = _USERS.get
-
-find_user = _USERS.find
-
-list_users = _USERS.all
 
 def update_user(
     session: Session, principal: Principal, user_id: str, *, name: str | None = None, description: str | None = None
@@ -333,25 +328,21 @@ def groups_of(session: Session, principal: Principal, user_id: str) -> list[Grou
         NotFound: No such user in the caller's tenancy.
     """
     get_user(session, principal, user_id)
-    query = (
-        select(Group)
-        .join(GroupMember, GroupMember.group_id == Group.id)
-        .where(GroupMember.user_id == user_id, Group.tenancy_id == principal.tenancy_id)
-    )
-    return list(session.scalars(query.order_by(Group.name)))
+    return _memberships(session, principal, Group, GroupMember.group_id, GroupMember.user_id == user_id)
+
+
+def _memberships(session: Session, principal: Principal, table: type[T], key, condition) -> list[T]:
+    """The rows of ``table`` joined to the memberships matching ``condition`` on ``key``, by name."""
+    query = select(table).join(GroupMember, key == table.id).where(condition, table.tenancy_id == principal.tenancy_id)
+    return list(session.scalars(query.order_by(table.name)))
 
 
 # --- groups ----------------------------------------------------------------------------
 
 
-create_group = _GROUPS.new
-"""Create a group of the caller's tenancy (``name``, ``description``)."""
+create_group, get_group, find_group, list_groups = _GROUPS.new, _GROUPS.get, _GROUPS.find, _GROUPS.all
+"""A group of the caller's tenancy: create (``name``, ``description``), by id, by name, all (see ``_Named``)."""
 
-get_group = _GROUPS.get
-
-find_group = _GROUPS.find
-
-list_groups = _GROUPS.all
 
 def update_group(
     session: Session, principal: Principal, group_id: str, *, name: str | None = None, description: str | None = None
@@ -395,12 +386,7 @@ def members_of(session: Session, principal: Principal, group_id: str) -> list[Us
         NotFound: No such group in the caller's tenancy.
     """
     get_group(session, principal, group_id)
-    query = (
-        select(User)
-        .join(GroupMember, GroupMember.user_id == User.id)
-        .where(GroupMember.group_id == group_id, User.tenancy_id == principal.tenancy_id)
-    )
-    return list(session.scalars(query.order_by(User.name)))
+    return _memberships(session, principal, User, GroupMember.user_id, GroupMember.group_id == group_id)
 
 
 def add_member(session: Session, principal: Principal, group_id: str, user_id: str) -> GroupMember:
@@ -462,11 +448,7 @@ def create_policy(
     return _POLICIES.new(session, principal, name, description, statements=statements, protected=protected)
 
 
-get_policy = _POLICIES.get
-
-find_policy = _POLICIES.find
-
-list_policies = _POLICIES.all
+get_policy, find_policy, list_policies = _POLICIES.get, _POLICIES.find, _POLICIES.all
 
 def update_policy(
     session: Session, principal: Principal, policy_id: str, *, name: str | None = None,

@@ -31,6 +31,7 @@ from atelier.tuning.config import TuneConfig
 router = APIRouter(tags=["fine-tuning"])
 
 TYPE = "fine-tuning-jobs"
+AfterQuery = Annotated[str | None, Query(max_length=100, description="The last id of the previous page (its cursor).")]
 EVENT_PREFIX = "ftevent-"
 CHECKPOINT_PREFIX = "ftckpt-"
 
@@ -197,7 +198,7 @@ async def create_job(
 def list_jobs(
     services: ServicesDep,
     guard: GuardDep,
-    after: Annotated[str | None, Query(max_length=100, description="The last job id of the previous page.")] = None,
+    after: AfterQuery = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:
     """Your fine-tuning jobs, newest first (the ones you may inspect)."""
@@ -238,7 +239,7 @@ def list_events(
     fine_tuning_job_id: str,
     services: ServicesDep,
     guard: GuardDep,
-    after: Annotated[str | None, Query(max_length=100, description="The last event id of the previous page.")] = None,
+    after: AfterQuery = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> EventList:
     """The job's events (state changes, metrics, checkpoints), newest first."""
@@ -255,7 +256,7 @@ def list_checkpoints(
     fine_tuning_job_id: str,
     services: ServicesDep,
     guard: GuardDep,
-    after: Annotated[str | None, Query(max_length=100, description="The last checkpoint id of the previous page.")] = None,
+    after: AfterQuery = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CheckpointList:
     """The checkpoints the job completed, newest first, with the metrics of their step."""
