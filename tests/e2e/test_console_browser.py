@@ -52,9 +52,11 @@ def test_create_upload_ask_and_see_cited_sources(page, tmp_path):
     page.locator("input[type=file]").set_input_files(str(document))
     expect(page.get_by_text(FILENAME).first).to_be_visible()
     page.get_by_role("button", name="Add to the knowledge base").click()
+    # While a rerun replaces the polled list, Streamlit may show the old block beside the new one for a
+    # moment: wait for a document list that holds the file, then for one that says it is ready.
     documents = page.locator(".st-key-documents")
-    expect(documents).to_contain_text(FILENAME)
-    expect(documents).to_contain_text("ready ·", timeout=INGEST_TIMEOUT_MS)
+    expect(documents.filter(has_text=FILENAME).first).to_be_visible()
+    expect(documents.filter(has_text="ready ·").first).to_contain_text(FILENAME, timeout=INGEST_TIMEOUT_MS)
     page.screenshot(path=str(shots / "1-documents.png"))
 
     # A plain search shows the passages with their file.
