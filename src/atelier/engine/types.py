@@ -35,6 +35,35 @@ class SamplingParams:
     """Same seed and parameters → same text. None draws a fresh seed."""
     ignore_eos: bool = False
     """Keep generating past end-of-sequence tokens (benchmarks)."""
+    repetition_penalty: float = 1.0
+    """vLLM's (CTRL's) repetition penalty over the prompt and the output: a seen token's positive logit
+    is divided by it, a negative one multiplied; 1 disables."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """``(token id, bias)`` pairs added to those tokens' logits before sampling (OpenAI's ``logit_bias``)."""
+    logprobs: int | None = None
+    """None: no log probabilities; ``k >= 0``: each generated token's log probability and the ``k`` most likely."""
+    logprobs_mode: Literal["raw", "processed"] = "raw"
+    """``raw``: ``log_softmax`` of the model's logits; ``processed``: of the logits actually sampled from
+    (after penalties, bias, grammar mask and temperature; before top-k/top-p)."""
+    prompt_logprobs: int | None = None
+    """None: none; ``k >= 0``: every prompt token's log probability (the first has none) and the ``k``
+    most likely at its position (``echo`` of text completions)."""
+
+
+ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a generation's output must match, enforced by a token mask at every step.
+
+    ``spec`` is the JSON Schema as JSON text (``json_schema``), empty (``json_object``: any
+    JSON object), a regular expression (``regex``), a JSON list of strings (``choice``: exactly
+    one of them), or a Lark grammar (``grammar``).
+    """
+
+    kind: ConstraintKind
+    spec: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,8 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     adapter_slot: int | None = None
     """Opaque adapter reference resolved after the policy check; None = the base model."""
+    constraint: Constraint | None = None
+    """The output must match it (structured outputs, forced tool calls); None: free text."""
 
 
 @dataclass(frozen=True)
@@ -64,18 +95,32 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log probability and the most likely tokens at its position (``SamplingParams.logprobs``)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    """``(token id, log probability)`` of the most likely tokens, most likely first."""
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """A step of a streamed generation.
 
     ``text`` is the newly decodable text since the previous event (may be empty while a
     multi-byte character or a possible stop string is incomplete). The last event of a
-    request has ``finish_reason`` and ``usage`` set.
+    request has ``finish_reason`` and ``usage`` set. ``logprobs`` has one entry per token of
+    ``token_ids`` when the request asked for them; the first event carries ``prompt_logprobs``
+    (one per prompt token, None for the first) when asked.
     """
 
     text: str
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 TruncateMode = Literal["NONE", "START", "END"]
