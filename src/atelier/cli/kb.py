@@ -1,6 +1,8 @@
 """``atelier kb create|add|list|query|ask|delete``: knowledge bases, their documents, search and grounded answers.
 
-``add`` takes files and folders (walked recursively for .txt, .md, .html, .pdf and .docx),
+``add`` takes files and folders (walked recursively for .txt, .md, .html, .pdf and .docx);
+a file that cannot be uploaded (missing, unsupported, empty, unreadable, too large) is reported
+with its reason while the others go through,
 uploads each with a progress bar, then (``--wait``, the default) follows the ingestion jobs
 with a second bar counting the chunks embedded, and ends with one line per document; it
 exits 1 if one failed. A knowledge base is named by id (``kb_…``) or name. A client of the
@@ -18,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from atelier.cli.common import JsonOpt, client_for, fail, print_json, resolve_ref, show
-from atelier.client import AtelierClient
+from atelier.client import ApiError, AtelierClient
 from atelier.rag.loaders import CONTENT_TYPES
 
 kb_app = typer.Typer(name="kb", help="Knowledge bases: documents in, grounded answers with citations out.",
@@ -43,26 +45,33 @@ def resolve_kb(client: AtelierClient, ref: str) -> str:
     return resolve_ref(ref, "kb", client.knowledge_bases.list, "knowledge base")
 
 
-def collect_files(paths: list[Path]) -> list[Path]:
-    """The files to upload: each file as given, each folder's supported files (recursively, sorted).
+def collect_files(paths: list[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The files to upload (each file as given, each folder's supported files, recursively, sorted), and a
+    failed row for each path that cannot be uploaded (missing, or of an unsupported type).
 
     Raises:
-        typer.Exit: A path is missing, a file's type is not supported, or nothing is left to upload.
+        typer.Exit: Nothing at all to upload.
     """
     files: list[Path] = []
+    refused: list[dict[str, Any]] = []
     for path in paths:
         if path.is_dir():
             files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in CONTENT_TYPES
                                 and not any(part.startswith(".") for part in p.relative_to(path).parts)))
-        elif path.is_file():
-            if path.suffix.lower() not in CONTENT_TYPES:
-                fail(f"{path}: unsupported file type; supported: {', '.join(sorted(CONTENT_TYPES))}")
+        elif path.is_file() and path.suffix.lower() in CONTENT_TYPES:
             files.append(path)
+        elif path.is_file():
+            refused.append(failed_row(path, f"unsupported file type; supported: {', '.join(sorted(CONTENT_TYPES))}"))
         else:
-            fail(f"{path}: no such file or folder")
-    if not files:
+            refused.append(failed_row(path, "no such file or folder"))
+    if not files and not refused:
         fail("no supported documents found (" + ", ".join(sorted(CONTENT_TYPES)) + ")")
-    return list(dict.fromkeys(files))
+    return list(dict.fromkeys(files)), refused
+
+
+def failed_row(path: Path, reason: str) -> dict[str, Any]:
+    """The row shown for a file that was not uploaded."""
+    return {"id": None, "filename": str(path), "state": "failed", "error": reason, "unchanged": False}
 
 
 def _bar(console: Console) -> Progress:
@@ -134,15 +143,22 @@ def add(
     """Upload documents (progress bar), then follow their ingestion (chunks embedded)."""
     client = client_for(ctx)
     kb_id = resolve_kb(client, kb)
-    files = collect_files(paths)
+    files, refused = collect_files(paths)
+    total = len(files) + len(refused)
     tag_list = [t.strip() for t in (tags or "").split(",") if t.strip()] or None
     console = Console(stderr=True)
     uploaded: list[dict[str, Any]] = []
     with _bar(console) as progress:
         task = progress.add_task("uploaded", total=len(files))
         for path in files:
-            document, created = client.knowledge_bases.documents.add(kb_id, path, tags=tag_list)
-            uploaded.append({**document, "unchanged": not created})
+            try:
+                document, created = client.knowledge_bases.documents.add(kb_id, path, tags=tag_list)
+            except ApiError as exc:  # this file only (empty, unreadable, too large...): the others go on
+                if exc.status in (401, 403, 404, 429) or exc.status >= 500:
+                    raise
+                refused.append(failed_row(path, exc.message))
+            else:
+                uploaded.append({**document, "unchanged": not created})
             progress.advance(task)
     unchanged = sum(d["unchanged"] for d in uploaded)
     if unchanged:
@@ -152,8 +168,12 @@ def add(
         pending = [d["id"] for d in uploaded if d["state"] not in FINAL]
         final = {d["id"]: d for d in follow_ingestion(client, kb_id, pending, console)} if pending else {}
         docs = [final.get(d["id"], d) for d in uploaded]
-    show(docs, DOC_COLUMNS, raw)
-    if wait and any(d["state"] == "failed" for d in docs):
+    show(docs + refused, DOC_COLUMNS, raw)
+    failed = [d for d in docs + refused if d["state"] == "failed"]
+    if not raw:  # --json: the rows say it all
+        reasons = "; ".join(f"{Path(d['filename']).name}: {d['error']}" for d in failed)
+        console.print(f"{len(uploaded)} of {total} uploaded" + (f", {len(failed)} failed: {reasons}" if failed else ""))
+    if failed and (wait or refused):
         raise typer.Exit(1)
 
 

@@ -108,6 +108,24 @@ def test_add_reports_failures_and_refuses_unsupported_files(http, tmp_path, back
     assert missing.exit_code == 1 and "no knowledge base 'no-such-kb'" in missing.output
 
 
+def test_one_bad_file_in_a_folder_is_reported_while_the_others_go_through(http, tmp_path, background_worker):
+    assert run(http, "create", "mixed", "--embedding-model", "hash-embed").exit_code == 0
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "faq.txt").write_bytes(b"")  # empty: refused by the service
+    (folder / "pump.md").write_text("# Pump\n\nReplace the pump seal every 500 hours.")
+    (folder / "leave.txt").write_text("Employees take 25 days of leave a year.")
+    result = run(http, "add", "mixed", str(folder), str(tmp_path / "missing.txt"))
+    assert result.exit_code == 1, result.output
+    assert "2 of 4 uploaded, 2 failed" in result.output
+    assert "faq.txt: " in result.output and "the file is empty" in result.output
+    assert "missing.txt: no such file or folder" in result.output
+    listed = run(http, "list", "mixed", "--json")
+    docs = json.loads(listed.output[listed.output.index("["):])
+    assert sorted(d["filename"] for d in docs) == ["leave.txt", "pump.md"]
+    assert all(d["state"] == "ready" for d in docs)
+
+
 def test_no_wait_returns_pending_documents(http, tmp_path):
     assert run(http, "create", "later", "--embedding-model", "hash-embed").exit_code == 0
     doc = tmp_path / "a.txt"
