@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from atelier.engine.adapters import read_peft_adapter
+from atelier.engine.constraints import check_constraint
 from atelier.engine.embedding import Embedder
 from atelier.engine.loading import load_chat_model, load_tokenizer
 from atelier.engine.scheduler import Scheduler
-from atelier.engine.types import EmbeddingResult, GenerationRequest, InputType, TokenEvent, TruncateMode
+from atelier.engine.types import Constraint, EmbeddingResult, GenerationRequest, InputType, TokenEvent, TruncateMode
 from atelier.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,22 @@ class EngineClient(Protocol):
         """Stream the generation of one request; the last event carries finish_reason and usage.
 
         Raises (on the first ``__anext__``): QuotaExceeded when the queue is full, NotFound
-        for an unknown model, Unavailable when the model cannot be loaded. Closing the
-        iterator early aborts the request and frees its batch slot at once.
+        for an unknown model, Unavailable when the model cannot be loaded, InvalidInput for
+        an invalid constraint (param ``response_format``: call ``validate_constraint`` first
+        to name another) or a logit bias outside the vocabulary. Closing the iterator early
+        aborts the request and frees its batch slot at once.
+        """
+
+    def validate_constraint(self, model: str, constraint: Constraint, param: str = "response_format") -> None:
+        """Check that ``model`` can follow ``constraint``; compiles it once (cached for ``generate``).
+
+        Blocking (the first use of a model's tokenizer takes about 0.3 s, a new large schema up
+        to hundreds of ms): call it from a worker thread.
+
+        Raises:
+            InvalidInput: An invalid or unsupported constraint, naming ``param``; the message
+                names the offending keyword or problem.
+            NotFound: An unknown model. Unavailable: its tokenizer cannot be loaded.
         """
 
     async def embed(
@@ -277,6 +292,9 @@ class LocalEngine:
 
     # ---------------------------------------------------------------- serving
 
+    def validate_constraint(self, model: str, constraint: Constraint, param: str = "response_format") -> None:
+        check_constraint(self.tokenizer(model), constraint, param)
+
     async def generate(self, model: str, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         adapter = None
         if request.adapter_slot is not None:
@@ -300,6 +318,8 @@ class LocalEngine:
 
         finished = False
         try:
+            if request.constraint is not None:  # compiled off the event loop (a no-op once cached)
+                await asyncio.to_thread(sched.check_constraint, request.constraint)
             sched.submit(request, sink, adapter.index if adapter is not None else 0)
             while True:
                 item = await queue.get()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atelier.engine.types import FinishReason, GenerationRequest, TokenEvent, Usage
+from atelier.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob, Usage
 
 REPLACEMENT = "\ufffd"
 
@@ -87,6 +87,9 @@ class Sequence:
     """Tokens this sequence may still add (max_tokens, clipped to the context)."""
     generator: torch.Generator | None = None
     counts: torch.Tensor | None = None  # (V,) occurrences of each generated token, for penalties
+    seen: torch.Tensor | None = None  # (V,) bool: tokens of the prompt and the output, for the repetition penalty
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    """Sent with the first event (``SamplingParams.prompt_logprobs``), then dropped."""
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     aborted: bool = False
@@ -102,21 +105,36 @@ class Sequence:
     def usage(self) -> Usage:
         return Usage(prompt_tokens=self.prompt_len, completion_tokens=len(self.output_ids))
 
-    def append(self, token_id: int) -> TokenEvent:
-        """Record a sampled token and return the event to send (with finish and usage if done)."""
+    def append(self, token_id: int, logprob: TokenLogprob | None = None, complete: bool = False) -> TokenEvent:
+        """Record a sampled token and return the event to send (with finish and usage if done).
+
+        Args:
+            token_id: The sampled token.
+            logprob: Its log probabilities, when the request asked for them.
+            complete: The output constraint is complete (its grammar admits nothing more):
+                the sequence ends with ``stop``. A constrained sequence also ends at an
+                end-of-sequence token even with ``ignore_eos`` (the grammar allowed it only
+                because the output is complete).
+        """
         self.output_ids.append(token_id)
         if self.counts is not None:
             self.counts[token_id] += 1
-        if token_id in self.eos_ids and not self.request.params.ignore_eos:
+        if self.seen is not None:
+            self.seen[token_id] = True
+        ignore_eos = self.request.params.ignore_eos and self.request.constraint is None
+        if token_id in self.eos_ids and not ignore_eos:
             self.finish_reason = "stop"
             text = self.stream.flush()
         else:
             text = self.stream.push(token_id)
-            if self.stream.stopped:
+            if self.stream.stopped or complete:
                 self.finish_reason = "stop"
+                text += self.stream.flush()
             elif len(self.output_ids) >= self.max_new:
                 self.finish_reason = "length"
                 text += self.stream.flush()
+        logprobs = (logprob,) if logprob is not None else ()
+        prompt_logprobs, self.prompt_logprobs = self.prompt_logprobs, None
         if self.finish_reason is not None:
-            return TokenEvent(text, (token_id,), self.finish_reason, self.usage())
-        return TokenEvent(text, (token_id,))
+            return TokenEvent(text, (token_id,), self.finish_reason, self.usage(), logprobs, prompt_logprobs)
+        return TokenEvent(text, (token_id,), logprobs=logprobs, prompt_logprobs=prompt_logprobs)

@@ -5,7 +5,9 @@ held as ``(B,)`` tensors so that the math is batched, never a Python loop over r
 This module knows nothing about models, tokenizers or HTTP: the engine hands it logits,
 token counts and generators, and gets token ids back.
 
-Order inside :func:`sample`: penalties → temperature → top-k → top-p → draw.
+Order inside :func:`sample`: :func:`process_logits` (logit bias → repetition penalty →
+frequency/presence penalties → allowed-token mask → temperature), then :func:`draw` (top-k →
+top-p → draw). The processed logits are what ``logprobs_mode="processed"`` reports.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ class SamplingTensors:
     """(B,) float32; subtracted once per earlier occurrence of a token."""
     presence_penalty: torch.Tensor
     """(B,) float32; subtracted once from every token that occurred at all."""
+    repetition_penalty: torch.Tensor | None = None
+    """(B,) float32; a seen token's positive logit is divided by it, a negative one multiplied;
+    1.0 disables. None when no row uses it."""
+    bias_rows: torch.Tensor | None = None
+    """(N,) int64 row of each logit-bias entry; None when no row has a logit bias."""
+    bias_ids: torch.Tensor | None = None
+    """(N,) int64 token id of each logit-bias entry."""
+    bias_values: torch.Tensor | None = None
+    """(N,) float32 value added to that row's logit of that token."""
 
     @classmethod
     def from_params(
@@ -53,13 +64,22 @@ class SamplingTensors:
         def col(name: str, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=device)  # (B,)
 
-        return cls(
+        st = cls(
             temperature=col("temperature", torch.float32),
             top_k=col("top_k", torch.int64),
             top_p=col("top_p", torch.float32),
             frequency_penalty=col("frequency_penalty", torch.float32),
             presence_penalty=col("presence_penalty", torch.float32),
         )
+        if any(p.repetition_penalty != 1.0 for p in params):
+            st.repetition_penalty = col("repetition_penalty", torch.float32)
+        entries = [(b, token, bias) for b, p in enumerate(params) for token, bias in p.logit_bias]
+        if entries:
+            rows, ids, values = zip(*entries)
+            st.bias_rows = torch.tensor(rows, dtype=torch.int64, device=device)  # (N,)
+            st.bias_ids = torch.tensor(ids, dtype=torch.int64, device=device)  # (N,)
+            st.bias_values = torch.tensor(values, dtype=torch.float32, device=device)  # (N,)
+        return st
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -72,6 +92,67 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
         (B,) int64 token ids, ``argmax_j logits[b, j]``.
     """
     return logits.argmax(dim=-1)  # (B,)
+
+
+def apply_logit_bias(
+    logits: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Add each row's logit bias, as a scatter over the entries (no loop over the vocabulary).
+
+    Semantics as a loop::
+
+        out = logits.clone()
+        for n in range(N):
+            out[rows[n], ids[n]] += values[n]
+
+    Args:
+        logits: (B, V) logits.
+        rows: (N,) int64 row of each entry.
+        ids: (N,) int64 token id of each entry, ``< V``.
+        values: (N,) bias of each entry.
+
+    Returns:
+        (B, V) biased logits (a new tensor).
+    """
+    return logits.index_put((rows, ids), values.to(logits.dtype), accumulate=True)  # (B, V)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """vLLM's (CTRL's) repetition penalty over the tokens a row has seen (prompt and output).
+
+    Semantics as a loop::
+
+        for b in range(B):
+            for j in range(V):
+                if seen[b, j]:
+                    out[b, j] = logits[b, j] / p[b] if logits[b, j] > 0 else logits[b, j] * p[b]
+                else:
+                    out[b, j] = logits[b, j]
+
+    Args:
+        logits: (B, V) logits.
+        seen: (B, V) bool, ``True`` where the token occurs in the row's prompt or output.
+        penalty: (B,) ``p``, ``> 0``; 1 leaves the row unchanged.
+
+    Returns:
+        (B, V) penalised logits (a new tensor).
+    """
+    p = penalty.to(logits.dtype).unsqueeze(1)  # (B, 1)
+    penalised = torch.where(logits > 0, logits / p, logits * p)  # (B, V)
+    return torch.where(seen, penalised, logits)  # (B, V)
+
+
+def apply_allowed(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Forbid the tokens a row's grammar does not allow: ``out[b, j] = -inf`` where ``not allowed[b, j]``.
+
+    Args:
+        logits: (B, V) logits.
+        allowed: (B, V) bool; rows without a constraint are all ``True`` (left unchanged).
+
+    Returns:
+        (B, V) masked logits (a new tensor).
+    """
+    return logits.masked_fill(~allowed, float("-inf"))  # (B, V)
 
 
 def apply_penalties(
@@ -236,15 +317,51 @@ def _filter(
     return out
 
 
-def sample(
+def process_logits(
     logits: torch.Tensor,
     st: SamplingTensors,
-    counts: torch.Tensor | None,
-    generators: Sequence[torch.Generator | None],
+    counts: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw the next token of every row.
+    """The logits each row samples from, before top-k/top-p.
 
-    Penalties, then temperature, then top-k, then top-p, then a Gumbel-max draw:
+    Logit bias, then the repetition penalty, then frequency/presence penalties, then the
+    allowed-token mask, then temperature (rows with ``t == 0`` are not scaled: greedy takes
+    the argmax of what this returns). Each step is skipped when no row uses it.
+
+    Args:
+        logits: (B, V) raw logits of the last position.
+        st: Per-row parameters.
+        counts: (B, V) occurrences of each token among the tokens generated so far, or None
+            to skip frequency/presence penalties.
+        seen: (B, V) bool, tokens of each row's prompt and output, or None to skip the
+            repetition penalty (also skipped when ``st.repetition_penalty`` is None).
+        allowed: (B, V) bool allowed tokens (grammar-constrained rows), or None.
+
+    Returns:
+        (B, V) float32 processed logits (the input itself when no step applies: never
+        modify it in place).
+    """
+    logits = logits.float()  # (B, V)
+    if st.bias_rows is not None:
+        logits = apply_logit_bias(logits, st.bias_rows, st.bias_ids, st.bias_values)  # type: ignore[arg-type]  # (B, V)
+    if seen is not None and st.repetition_penalty is not None:
+        logits = apply_repetition_penalty(logits, seen, st.repetition_penalty)  # (B, V)
+    if counts is not None:
+        logits = apply_penalties(logits, counts, st.frequency_penalty, st.presence_penalty)  # (B, V)
+    if allowed is not None:
+        logits = apply_allowed(logits, allowed)  # (B, V)
+    if bool((st.temperature > 0).any()):
+        logits = apply_temperature(logits, st.temperature)  # (B, V)
+    return logits
+
+
+def draw(
+    processed: torch.Tensor, st: SamplingTensors, generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """Top-k, then top-p, then a Gumbel-max draw from logits already processed (:func:`process_logits`).
+
     ``next[b] = argmax_j (log_softmax(l[b])[j] - log E[b, j])`` with ``E = -log U ~ Exp(1)``
     and ``U ~ U[0, 1)``, which picks ``j`` with probability ``softmax(l[b])[j]`` (the
     log-sum-exp shift is the same for every ``j``, so it is left out; ``U`` is drawn
@@ -253,9 +370,9 @@ def sample(
 
         for b in range(B):
             if t[b] == 0:
-                next[b] = argmax(penalised[b])
+                next[b] = argmax(processed[b])
             else:
-                next[b] = draw(softmax(top_p(top_k(penalised[b] / t[b]))), generators[b])
+                next[b] = draw(softmax(top_p(top_k(processed[b]))), generators[b])
 
     Each row's noise comes from its own generator, so a row's token depends only on
     its logits, parameters and generator state, never on its batch neighbours. Rows
@@ -264,25 +381,20 @@ def sample(
     entirely when no sampling row uses them.
 
     Args:
-        logits: (B, V) logits of the last position.
+        processed: (B, V) processed logits.
         st: Per-row parameters.
-        counts: (B, V) occurrences of each token among the tokens generated so far,
-            or None to skip penalties.
         generators: One per row; None uses torch's global generator.
 
     Returns:
         (B,) int64 next token ids.
     """
-    logits = logits.float()  # (B, V)
+    logits = processed
     vocab = logits.shape[-1]
-    if counts is not None:
-        logits = apply_penalties(logits, counts, st.frequency_penalty, st.presence_penalty)  # (B, V)
     greedy_tokens = greedy(logits)  # (B,)
     sampling_rows = st.temperature > 0  # (B,)
     if not bool(sampling_rows.any()):
         return greedy_tokens
 
-    logits = apply_temperature(logits, st.temperature)  # (B, V)
     top_k = torch.where(sampling_rows, st.top_k, torch.zeros_like(st.top_k))  # (B,) greedy rows: off
     top_p = torch.where(sampling_rows, st.top_p, torch.ones_like(st.top_p))  # (B,)
     if bool((((top_k > 0) & (top_k < vocab)) | (top_p < 1)).any()):
@@ -295,3 +407,61 @@ def sample(
     log_e = (-uniform.log()).log()  # (B, V) log E with E = -log U ~ Exp(1)
     drawn = (logits - log_e).argmax(dim=-1)  # (B,)
     return torch.where(sampling_rows, drawn, greedy_tokens)  # (B,)
+
+
+def sample(
+    logits: torch.Tensor,
+    st: SamplingTensors,
+    counts: torch.Tensor | None,
+    generators: Sequence[torch.Generator | None],
+    seen: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw the next token of every row: ``draw(process_logits(logits, ...), st, generators)``.
+
+    Semantics as a loop::
+
+        for b in range(B):
+            l = bias(logits[b]); l = repetition(l, seen[b]); l = penalties(l, counts[b]); l = mask(l, allowed[b])
+            if t[b] == 0:
+                next[b] = argmax(l)
+            else:
+                next[b] = draw(softmax(top_p(top_k(l / t[b]))), generators[b])
+
+    Args:
+        logits: (B, V) logits of the last position.
+        st: Per-row parameters.
+        counts: (B, V) occurrences of each token among the tokens generated so far,
+            or None to skip frequency/presence penalties.
+        generators: One per row; None uses torch's global generator.
+        seen: (B, V) bool tokens of each row's prompt and output (repetition penalty), or None.
+        allowed: (B, V) bool tokens each row's grammar allows, or None.
+
+    Returns:
+        (B,) int64 next token ids.
+    """
+    return draw(process_logits(logits, st, counts, seen, allowed), st, generators)  # (B,)
+
+
+def logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log probabilities of chosen tokens and the ``k`` most likely tokens, per row.
+
+    Semantics as a loop::
+
+        for b in range(B):
+            lp = log_softmax(logits[b])
+            chosen[b] = lp[tokens[b]]
+            top_values[b], top_ids[b] = the k largest of lp, largest first
+
+    Args:
+        logits: (B, V) logits (raw or processed).
+        tokens: (B,) int64 chosen token of each row.
+        k: How many most likely tokens, ``0 <= k``; clipped to ``V``.
+
+    Returns:
+        ``chosen`` (B,) float32, ``top_values`` (B, k) float32 and ``top_ids`` (B, k) int64.
+    """
+    lp = logits.float().log_softmax(dim=-1)  # (B, V)
+    chosen = lp.gather(1, tokens.unsqueeze(1)).squeeze(1)  # (B,)
+    top_values, top_ids = lp.topk(min(k, lp.shape[-1]), dim=-1)  # (B, k), (B, k)
+    return chosen, top_values, top_ids

@@ -8,6 +8,14 @@ left-padded forward pass and appending their KV cache to the batch), (3) runs on
 hands each row's new text to its sink. Requests join and leave between steps; nothing
 waits for a whole batch to finish. Rows of different adapters share every forward pass:
 before each pass the adapter bank learns each row's stack index (``AdapterBank.set_rows``).
+
+Per-row extras, paid only by the rows that ask: a constrained row (structured outputs) has
+its own llguidance matcher; before each sampling its allowed-token mask is filled (all
+constrained rows at once) and applied to its logits only, and after it the matcher takes the
+sampled token; the row ends with ``stop`` once the grammar is complete (or at an
+end-of-sequence token, which the mask allows only then). Rows asking for ``logprobs`` get
+``log_softmax`` of their raw or processed logits; a row asking for ``prompt_logprobs`` is
+prefilled on its own, in chunks that keep the logits of every prompt position.
 Knows nothing about HTTP or tenants.
 """
 
@@ -25,11 +33,12 @@ from typing import Any
 import torch
 
 from atelier.engine.adapters import AdapterBank
+from atelier.engine.constraints import TokenMasks, advance, check_constraint, new_matcher
 from atelier.engine.generation import Sequence, TextStream
 from atelier.engine.kv_cache import BatchCache
 from atelier.engine.loading import LoadedModel
-from atelier.engine.sampling import SamplingTensors, sample
-from atelier.engine.types import GenerationRequest, TokenEvent
+from atelier.engine.sampling import SamplingTensors, draw, logprobs, process_logits
+from atelier.engine.types import Constraint, GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
 from atelier.errors import InvalidInput, QuotaExceeded, Unavailable
 
 log = logging.getLogger(__name__)
@@ -43,6 +52,7 @@ class _Row:
     sink: Sink
     adapter: int = 0  # stack index in the adapter bank; 0 = the base model
     next_token: int = 0
+    matcher: Any = None  # llguidance matcher of the row's constraint; None = free text
 
 
 def _make_generator(seed: int | None) -> torch.Generator:
@@ -61,12 +71,15 @@ class Scheduler:
         max_batch: int = 32,
         max_waiting: int = 64,
         max_prefill_tokens: int = 1024,
+        prompt_logprobs_chunk: int = 128,
     ):
         self.loaded = loaded
         self.context_length = context_length
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.max_prefill_tokens = max_prefill_tokens
+        self.prompt_logprobs_chunk = prompt_logprobs_chunk
+        """Prompt positions whose logits a ``prompt_logprobs`` prefill holds at once."""
         self._model = loaded.model
         self._device = next(self._model.parameters()).device
         self._n_layers = self._model.config.num_hidden_layers
@@ -80,6 +93,7 @@ class Scheduler:
         self._closed = False
         self._admitting = 0  # rows taken from the queue and being prefilled right now
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._masks: TokenMasks | None = None  # built with the first constrained row
         self.adapters = AdapterBank(self._model)
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
@@ -93,7 +107,9 @@ class Scheduler:
         ``adapter`` is the request's stack index in ``self.adapters`` (0: the base model).
 
         Raises:
-            InvalidInput: the prompt leaves no room in the context.
+            InvalidInput: the prompt leaves no room in the context; a logit bias names a token
+                outside the vocabulary; an invalid or unsupported constraint (param
+                ``response_format``; compiled here unless cached, see ``check_constraint``).
             QuotaExceeded: the waiting queue is full (retry later).
         """
         if not request.prompt_ids:
@@ -105,6 +121,12 @@ class Scheduler:
                 param="messages",
             )
         params = request.params
+        self._check_params(params)
+        matcher = new_matcher(self.loaded.tokenizer, request.constraint) if request.constraint is not None else None
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros(self._vocab, dtype=torch.bool)  # (V,)
+            seen[torch.tensor([t for t in request.prompt_ids if 0 <= t < self._vocab], dtype=torch.long)] = True
         seq = Sequence(
             request=request,
             stream=TextStream(self.loaded.tokenizer, params.stop),
@@ -112,6 +134,7 @@ class Scheduler:
             max_new=min(params.max_tokens, room),
             generator=_make_generator(params.seed) if params.temperature > 0 else None,
             counts=torch.zeros(self._vocab) if (params.frequency_penalty or params.presence_penalty) else None,
+            seen=seen,
         )
         with self._cond:
             if self._closed:
@@ -122,8 +145,30 @@ class Scheduler:
                     f"the model is busy: {len(self._rows)} requests running and {len(self._waiting)} queued",
                     retry_after=2.0,
                 )
-            self._waiting.append(_Row(seq, sink, adapter))
+            self._waiting.append(_Row(seq, sink, adapter, matcher=matcher))
             self._cond.notify()
+
+    def _check_params(self, params: SamplingParams) -> None:
+        """What the API bounds already; checked again where a bad value would break a step."""
+        for token, _ in params.logit_bias:
+            if not 0 <= token < self._vocab:
+                raise InvalidInput(
+                    f"logit_bias names token {token}; this model's token ids are 0 to {self._vocab - 1}",
+                    param="logit_bias",
+                )
+        if params.repetition_penalty <= 0:
+            raise InvalidInput("repetition_penalty must be positive", param="repetition_penalty")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(params, name)
+            if k is not None and k < 0:
+                raise InvalidInput(f"{name} must be at least 0", param=name)
+
+    def check_constraint(self, constraint: Constraint, param: str = "response_format") -> None:
+        """Compile ``constraint`` for this model's tokenizer (cached) or raise InvalidInput naming ``param``.
+
+        Blocking (see ``constraints.check_constraint``): call it from a worker thread.
+        """
+        check_constraint(self.loaded.tokenizer, constraint, param)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; its batch slot is freed before the next decode step."""
@@ -194,7 +239,7 @@ class Scheduler:
                 try:
                     self._drop_done()
                     if admitted:
-                        self._prefill(admitted)
+                        self._admit(admitted)
                     with self._cond:  # the admitted rows are running now (or done): count them once
                         self._admitting = 0
                     self._drop_done()
@@ -230,18 +275,63 @@ class Scheduler:
         self._cache = BatchCache(self._n_layers)
         self._mask = torch.zeros((0, 0), dtype=torch.long)
 
-    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> tuple[list[int], list[TokenLogprob | None]]:
+        """Next token of each row from its last-position logits (B, V), and its log probabilities if asked."""
         seqs = [r.seq for r in rows]
-        st = SamplingTensors.from_params([s.request.params for s in seqs], device=logits.device)
+        params = [s.request.params for s in seqs]
+        st = SamplingTensors.from_params(params, device=logits.device)
         counts = None
         if any(s.counts is not None for s in seqs):
-            counts = torch.stack([s.counts if s.counts is not None else torch.zeros(self._vocab) for s in seqs])
-        return sample(logits, st, counts, [s.generator for s in seqs]).tolist()  # (B,)
+            counts = torch.stack([s.counts if s.counts is not None else torch.zeros(self._vocab) for s in seqs])  # (B, V)
+        seen = None
+        if st.repetition_penalty is not None:
+            none = torch.zeros(self._vocab, dtype=torch.bool)  # (V,)
+            seen = torch.stack([s.seen if s.seen is not None else none for s in seqs])  # (B, V)
+        processed = process_logits(logits, st, counts, seen, self._allowed(rows))  # (B, V)
+        tokens = draw(processed, st, [s.generator for s in seqs])  # (B,)
+        entries: list[TokenLogprob | None] = [None] * len(rows)
+        for mode, source in (("raw", logits), ("processed", processed)):
+            asked = [b for b, p in enumerate(params) if p.logprobs is not None and p.logprobs_mode == mode]
+            if asked:
+                index = torch.tensor(asked)  # (R,)
+                found = _logprob_entries(source[index], tokens[index], [params[b].logprobs for b in asked])
+                for b, entry in zip(asked, found):
+                    entries[b] = entry
+        return tokens.tolist(), entries
 
-    def _emit(self, row: _Row, token: int) -> None:
-        event = row.seq.append(token)
+    def _allowed(self, rows: list[_Row]) -> torch.Tensor | None:
+        """(B, V) bool tokens each row may take next: its grammar's for constrained rows, all for the others."""
+        constrained = [i for i, r in enumerate(rows) if r.matcher is not None]
+        if not constrained:
+            return None
+        if self._masks is None:
+            self._masks = TokenMasks(self.loaded.tokenizer, self._vocab, sorted(self.loaded.eos_token_ids))
+        allowed = torch.ones((len(rows), self._vocab), dtype=torch.bool)  # (B, V)
+        allowed[constrained] = self._masks.allowed([rows[i].matcher for i in constrained])  # (R, V)
+        return allowed
+
+    def _emit(self, row: _Row, token: int, logprob: TokenLogprob | None = None) -> None:
+        complete = False
+        if row.matcher is not None and token not in row.seq.eos_ids:
+            try:
+                complete = advance(row.matcher, token)
+            except RuntimeError as exc:
+                log.error("request %s: the constraint refused token %d: %s", row.seq.request.request_id, token, exc)
+                row.seq.aborted = True
+                row.sink(Unavailable(f"generation failed: the output constraint could not be followed ({exc})"))
+                return
+        event = row.seq.append(token, logprob, complete)
         row.next_token = token
         row.sink(event)
+
+    def _admit(self, rows: list[_Row]) -> None:
+        """Prefill admitted rows: together, but each row asking for prompt logprobs on its own."""
+        plain = [r for r in rows if r.seq.request.params.prompt_logprobs is None]
+        if plain:
+            self._prefill(plain)
+        for row in rows:
+            if row.seq.request.params.prompt_logprobs is not None:
+                self._prefill_scored(row)
 
     def _prefill(self, rows: list[_Row]) -> None:
         """Prefill ``rows`` together (left-padded), sample their first tokens, join the batch."""
@@ -262,10 +352,54 @@ class Scheduler:
             logits_to_keep=1,
         )
         logits = out.logits[:, -1, :].float()  # (n, V)
-        for row, token in zip(rows, self._sample(rows, logits)):
-            self._emit(row, token)
-        keep = [i for i, r in enumerate(rows) if r.seq.finish_reason is None]
+        for row, token, logprob in zip(rows, *self._sample(rows, logits)):
+            self._emit(row, token, logprob)
+        self._join(rows, cache, mask)
+
+    def _prefill_scored(self, row: _Row) -> None:
+        """Prefill one row keeping every prompt position's logits (``prompt_logprobs``), then join the batch.
+
+        The prompt goes through in chunks of ``prompt_logprobs_chunk`` positions over one
+        cache, so at most ``(chunk, V)`` logits are held at once. Semantics as a loop::
+
+            for i in range(1, T):
+                entry[i] = logprob of prompt[i] and top-k under log_softmax(model(prompt[:i])[-1])
+        """
+        prompt = row.seq.request.prompt_ids
+        k = row.seq.request.params.prompt_logprobs
+        t = len(prompt)
+        ids = torch.tensor([prompt], device=self._device)  # (1, T)
+        cache = BatchCache(self._n_layers)
+        self.adapters.set_rows([row.adapter])
+        entries: list[TokenLogprob | None] = [None]
+        last = None
+        for start in range(0, t, self.prompt_logprobs_chunk):
+            end = min(t, start + self.prompt_logprobs_chunk)
+            out = self._model(
+                input_ids=ids[:, start:end],
+                attention_mask=torch.ones((1, end), dtype=torch.long, device=self._device),
+                position_ids=torch.arange(start, end, device=self._device).unsqueeze(0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=0,
+            )
+            logits = out.logits[0].float()  # (C, V): position p predicts prompt[p + 1]
+            targets = prompt[start + 1 : end + 1]  # (C,) or (C-1,) in the last chunk
+            if targets:
+                n = len(targets)
+                entries.extend(_logprob_entries(logits[:n], torch.tensor(targets), [k] * n))
+            last = logits[-1:]  # (1, V)
+        row.seq.prompt_logprobs = tuple(entries)
+        tokens, found = self._sample([row], last)  # type: ignore[arg-type]
+        self._emit(row, tokens[0], found[0])
+        self._join([row], cache, torch.ones((1, t), dtype=torch.long))
+
+    def _join(self, rows: list[_Row], cache: BatchCache, mask: torch.Tensor) -> None:
+        """Append the prefilled rows still running (their cache and (n, T) mask) to the batch."""
+        keep = [i for i, r in enumerate(rows) if r.seq.finish_reason is None and not r.seq.aborted]
         if not keep:
+            with self._cond:
+                self._admitting = max(0, self._admitting - len(rows))
             return
         if len(keep) < len(rows):
             index = torch.tensor(keep)
@@ -280,7 +414,7 @@ class Scheduler:
             self._mask = new_mask  # (n', T)
         with self._cond:  # join and stop counting them as admitting in one step (submit's bound sees one or the other)
             self._rows.extend(rows[i] for i in keep)
-            self._admitting = 0
+            self._admitting = max(0, self._admitting - len(rows))
 
     def _drop_done(self) -> None:
         keep = [i for i, r in enumerate(self._rows) if r.seq.finish_reason is None and not r.seq.aborted]
@@ -315,6 +449,20 @@ class Scheduler:
             logits_to_keep=1,
         )
         logits = out.logits[:, -1, :].float()  # (B, V)
-        for row, token in zip(rows, self._sample(rows, logits)):
-            self._emit(row, token)
+        for row, token, logprob in zip(rows, *self._sample(rows, logits)):
+            self._emit(row, token, logprob)
         self.steps += 1
+
+
+def _logprob_entries(logits: torch.Tensor, tokens: torch.Tensor, ks: list[int]) -> list[TokenLogprob]:
+    """One ``TokenLogprob`` per row of (R, V) logits: its token's log probability and its ``ks[r]`` likeliest.
+
+    Tokens with probability 0 (masked out, ``-inf``) are left out of ``top``, which may then
+    hold fewer than ``k`` entries.
+    """
+    chosen, top_values, top_ids = logprobs(logits, tokens, max(ks))  # (R,), (R, k), (R, k)
+    entries = []
+    for token, value, ids, values, k in zip(tokens.tolist(), chosen.tolist(), top_ids.tolist(), top_values.tolist(), ks):
+        top = tuple((i, v) for i, v in zip(ids[:k], values[:k]) if v != float("-inf"))
+        entries.append(TokenLogprob(token, value, top))
+    return entries

@@ -12,9 +12,14 @@ from hypothesis import strategies as st
 from atelier.engine import sampling
 from atelier.engine.sampling import (
     SamplingTensors,
+    apply_allowed,
+    apply_logit_bias,
     apply_penalties,
+    apply_repetition_penalty,
     apply_temperature,
     greedy,
+    logprobs,
+    process_logits,
     sample,
     top_k_mask,
     top_p_mask,
@@ -378,3 +383,105 @@ def test_no_sort_without_top_k_or_top_p(monkeypatch):
     s = tensors(3, temperature=[0.0, 1.0, 0.5], top_k=[5, 0, 100], top_p=[0.5, 1.0, 1.0])
     out = sample(logits, s, None, gens(1, 2, 3))
     assert out.shape == (3,) and out.dtype == torch.int64
+
+
+# --- logit bias, repetition penalty, allowed tokens, log probabilities ----------------------
+
+
+def test_from_params_logit_bias_and_repetition_penalty():
+    plain = SamplingTensors.from_params([SamplingParams(), SamplingParams(temperature=0.0)])
+    assert plain.repetition_penalty is None and plain.bias_rows is None  # nothing to pay for
+    s = SamplingTensors.from_params(
+        [SamplingParams(logit_bias=((3, 1.5), (7, -2.0))), SamplingParams(repetition_penalty=1.2),
+         SamplingParams(logit_bias=((0, 100.0),))]
+    )
+    assert s.repetition_penalty.tolist() == pytest.approx([1.0, 1.2, 1.0])
+    assert s.bias_rows.tolist() == [0, 0, 2] and s.bias_ids.tolist() == [3, 7, 0]
+    assert s.bias_values.tolist() == [1.5, -2.0, 100.0] and s.bias_values.dtype == torch.float32
+
+
+@given(logit_rows(), st.data())
+@settings(max_examples=40, deadline=None)
+def test_logit_bias_equals_a_loop_over_entries(logits, data):
+    b, v = logits.shape
+    n = data.draw(st.integers(0, 12))
+    rows = torch.tensor(data.draw(st.lists(st.integers(0, b - 1), min_size=n, max_size=n)), dtype=torch.int64)
+    ids = torch.tensor(data.draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n)), dtype=torch.int64)
+    values = torch.tensor(data.draw(st.lists(st.floats(-100, 100, width=32), min_size=n, max_size=n)))
+    expected = logits.clone()
+    for r, i, x in zip(rows.tolist(), ids.tolist(), values.tolist()):
+        expected[r, i] += x  # repeated entries add up
+    close(apply_logit_bias(logits, rows, ids, values), expected, atol=1e-4)
+
+
+REPETITION_TABLE = [
+    # logits, seen, penalty, expected
+    ([2.0, -1.0, 0.5, 3.0], [1, 1, 0, 0], 2.0, [1.0, -2.0, 0.5, 3.0]),
+    ([2.0, -1.0, 0.0, 3.0], [1, 1, 1, 1], 0.5, [4.0, -0.5, 0.0, 6.0]),  # p < 1 encourages repeats
+    ([2.0, -1.0, 0.5, 3.0], [1, 1, 1, 1], 1.0, [2.0, -1.0, 0.5, 3.0]),
+]
+
+
+@pytest.mark.parametrize(("logits", "seen", "p", "expected"), REPETITION_TABLE)
+def test_repetition_penalty_matches_hand_computed(logits, seen, p, expected):
+    out = apply_repetition_penalty(torch.tensor([logits]), torch.tensor([seen], dtype=torch.bool), torch.tensor([p]))
+    close(out, torch.tensor([expected]))
+
+
+@given(logit_rows(), st.data())
+@settings(max_examples=40, deadline=None)
+def test_repetition_penalty_equals_a_plain_loop(logits, data):
+    b, v = logits.shape
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    seen = torch.rand(b, v, generator=g) < 0.5  # (B, V)
+    penalty = torch.rand(b, generator=g) * 2 + 0.1  # (B,)
+    expected = logits.clone()
+    for r in range(b):
+        for j in range(v):
+            if seen[r, j]:
+                x = float(logits[r, j])
+                expected[r, j] = x / float(penalty[r]) if x > 0 else x * float(penalty[r])
+    close(apply_repetition_penalty(logits, seen, penalty), expected, atol=1e-5)
+
+
+def test_process_logits_order_bias_repetition_penalties_mask_temperature():
+    logits = torch.tensor([[-1.0, 2.0, 0.5, 1.0]])
+    st_ = SamplingTensors.from_params([SamplingParams(temperature=0.5, logit_bias=((0, 3.0),), repetition_penalty=2.0,
+                                                      frequency_penalty=0.25)])
+    seen = torch.tensor([[True, True, False, False]])
+    counts = torch.tensor([[0.0, 2.0, 0.0, 0.0]])
+    allowed = torch.tensor([[True, True, True, False]])
+    out = process_logits(logits, st_, counts, seen, allowed)
+    # 0: -1 + 3 = 2 (positive once biased) → /2 = 1 → /0.5 = 2;  1: 2 → /2 = 1 → -2·0.25 = 0.5 → /0.5 = 1
+    # 2: unseen, 0.5 / 0.5 = 1;  3: not allowed
+    close(out, torch.tensor([[2.0, 1.0, 1.0, float("-inf")]]))
+    assert torch.equal(process_logits(logits, tensors(1), None, seen, None), logits)  # nothing asked: unchanged
+
+
+@given(logit_rows(max_v=40), st.data())
+@settings(max_examples=40, deadline=None)
+def test_sampling_never_picks_a_disallowed_token(logits, data):
+    b, v = logits.shape
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    allowed = torch.rand(b, v, generator=g) < 0.3  # (B, V)
+    allowed[torch.arange(b), torch.randint(0, v, (b,), generator=g)] = True  # at least one per row
+    allowed[0] = True  # a free row stays free
+    s = tensors(b, temperature=data.draw(st.sampled_from([0.0, 0.7, 1.5])), top_k=data.draw(st.integers(0, 5)))
+    out = sample(logits, s, None, gens(*range(b)), allowed=allowed)
+    assert bool(allowed[torch.arange(b), out].all())
+    assert torch.equal(apply_allowed(logits, allowed)[0], logits[0])
+    assert int(out[0]) == int(sample(logits[:1], tensors(1, temperature=s.temperature[0].item(),
+                                                         top_k=int(s.top_k[0])), None, gens(0))[0])
+
+
+@given(logit_rows(max_v=30), st.integers(0, 40))
+@settings(max_examples=40, deadline=None)
+def test_logprobs_equal_log_softmax(logits, k):
+    b, v = logits.shape
+    tokens = torch.arange(b) % v  # (B,)
+    chosen, top_values, top_ids = logprobs(logits, tokens, k)
+    lp = torch.log_softmax(logits.double(), dim=-1)  # (B, V) reference in float64
+    close(chosen, lp[torch.arange(b), tokens].float(), atol=1e-5)
+    assert top_values.shape == top_ids.shape == (b, min(k, v))
+    close(top_values, lp.gather(1, top_ids).float(), atol=1e-5)
+    close(top_values, lp.topk(min(k, v), dim=-1).values.float(), atol=1e-5)
