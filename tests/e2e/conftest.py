@@ -158,6 +158,20 @@ def console_url(e2e_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture
+def admin_key() -> str:
+    """The key the server's administrator has (the console sends it): a page must never show it."""
+    return ADMIN_KEY
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """A folder in the test's tmp dir for the screenshots of its steps."""
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def page(chromium_path: str, console_url: str):
     """A fresh Chromium page (1400×1600) on the console; the browser closes after the test."""
     from playwright.sync_api import sync_playwright

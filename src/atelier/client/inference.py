@@ -69,8 +69,8 @@ class Tokens:
 class TextStream:
     """Text deltas of a streamed generation; ``usage`` and ``finish_reason`` once exhausted.
 
-    Iterate it to receive the text as it is generated. The HTTP response is closed when
-    the iteration ends, or by ``close()`` (e.g. on Ctrl-C).
+    Iterate it to receive the text as it is generated (or ``chunks()`` for the chunk objects
+    whole). The HTTP response is closed when the iteration ends, or by ``close()`` (e.g. on Ctrl-C).
     """
 
     def __init__(self, chunks: Iterator[dict[str, Any]], delta: Callable[[dict[str, Any]], str | None]):
@@ -80,15 +80,24 @@ class TextStream:
         self.finish_reason: str | None = None
 
     def __iter__(self) -> Iterator[str]:
+        for chunk in self.chunks():
+            for choice in chunk.get("choices") or []:
+                text = self._delta(choice)
+                if text:
+                    yield text
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        """The chunk objects themselves, as they arrive (their log probabilities, tool calls...).
+
+        ``usage`` and ``finish_reason`` are recorded on the way, as when iterating the text.
+        """
         for chunk in self._chunks:
             if chunk.get("usage"):
                 self.usage = Usage.from_json(chunk["usage"])
             for choice in chunk.get("choices") or []:
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
-                text = self._delta(choice)
-                if text:
-                    yield text
+            yield chunk
 
     def text(self) -> str:
         """Consume the stream and return the whole text."""
@@ -117,9 +126,10 @@ class Inference(Resource):
             stream: return a ``TextStream`` of deltas (usage is requested with
                 ``stream_options.include_usage`` and set on the stream at its end).
             **params: other body fields (``model``, ``max_tokens``, ``temperature``,
-                ``top_k``, ``top_p``, penalties, ``stop``, ``seed``, ``preamble``,
-                ``chat_format``, ``examples``, ``chain_of_thought``); ``None`` values are
-                not sent, so the server's defaults apply.
+                ``top_k``, ``top_p``, penalties (``repetition_penalty`` too), ``stop``,
+                ``seed``, ``preamble``, ``chat_format``, ``examples``, ``chain_of_thought``,
+                ``response_format``, ``tools``, ``tool_choice``, ``logprobs``,
+                ``top_logprobs``); ``None`` values are not sent, so the server's defaults apply.
 
         Returns:
             The whole answer, or (``stream``) its text as it is generated.

@@ -1,19 +1,25 @@
-"""What the research console asks the API, and the plain values it shows.
+"""What the console asks the API, and the plain values it shows.
 
 Every call goes through ``atelier.client.AtelierClient`` to the HTTP API; nothing here
 imports Streamlit, so the console's behaviour (which key is used, how an error reads, how
-ingestion progress and citations are shown) is tested without a browser. Text that comes
-from documents or from the model is data: it is escaped before it reaches Markdown, so a
-document cannot add links, images or formatting to the page.
+ingestion progress and citations are shown, which chat models the playground offers, what
+code reproduces its request) is tested without a browser. Text that comes from documents
+or from the model is data: it is escaped before it reaches Markdown, so a document cannot
+add links, images or formatting to the page. The playground's form and answers are
+``playground``'s.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from atelier.client import ApiError, AtelierClient, ServerUnreachable, resolve_api_key
+from atelier.console.playground import StreamedAnswer
 from atelier.settings import Settings
 
 MODES = ("hybrid", "dense", "keyword")
@@ -286,3 +292,150 @@ def search(client: AtelierClient, kb_id: str, query: str, mode: str = "hybrid", 
     """The passages that best match ``query``, numbered by rank."""
     hits = client.knowledge_bases.query(kb_id, query, mode=mode, top_k=top_k)
     return [Source.from_json({**h, "index": h.get("rank", i)}, i) for i, h in enumerate(hits, start=1)]
+
+
+# --- playground --------------------------------------------------------------------------------
+
+OPENAI_FIELDS = (
+    "model", "messages", "max_tokens", "temperature", "top_p", "frequency_penalty", "presence_penalty", "stop",
+    "seed", "response_format", "tools", "tool_choice", "logprobs", "top_logprobs", "stream", "stream_options",
+)  # fmt: skip
+"""Request fields of OpenAI's chat completions, in the order code shows them; the others are Atelier's
+extensions, which the ``openai`` client sends in ``extra_body``."""
+_SERVED_KINDS = {"ep_": "endpoint", "cm_": "custom model"}
+_KIND_ORDER = {"base": 0, "endpoint": 1, "custom model": 2}
+
+
+@dataclass(frozen=True)
+class ChatModel:
+    """A model the playground can chat with."""
+
+    id: str
+    kind: str = "base"
+    """``base`` (of the catalog), ``endpoint`` (``ep_…``) or ``custom model`` (``cm_…``)."""
+    max_output_tokens: int = 0
+    """Largest ``max_tokens`` it accepts (0: unknown)."""
+
+    @property
+    def label(self) -> str:
+        """``smollm2-135m-instruct``, ``ep_… (endpoint)``, ``cm_… (custom model)``."""
+        return self.id if self.kind == "base" else f"{self.id} ({self.kind})"
+
+
+def chat_models(client: AtelierClient) -> list[ChatModel]:
+    """The models of ``GET /v1/models`` with the ``chat`` capability: base models, then your endpoints,
+    then your custom models (each group in the server's order)."""
+    found = []
+    for model in client.models.list():
+        if "chat" not in (model.get("capabilities") or []):
+            continue
+        model_id = str(model["id"])
+        kind = next((k for prefix, k in _SERVED_KINDS.items() if model_id.startswith(prefix)), "base")
+        found.append(ChatModel(model_id, kind, int(model.get("max_output_tokens") or 0)))
+    return sorted(found, key=lambda m: _KIND_ORDER[m.kind])
+
+
+def stream_chat(client: AtelierClient, body: dict[str, Any]) -> Iterator[tuple[str, StreamedAnswer]]:
+    """Send ``body`` (``playground.build_request``'s) and follow the answer as it streams.
+
+    Yields:
+        After each chunk: the text it added, and the answer so far.
+
+    Raises:
+        ApiError: The API refused the request, or failed mid-stream.
+        ServerUnreachable: No connection.
+    """
+    params = {k: v for k, v in body.items() if k not in ("messages", "stream", "stream_options")}
+    stream = client.chat(body["messages"], stream=True, **params)
+    answer = StreamedAnswer()
+    try:
+        for chunk in stream.chunks():
+            yield answer.add(chunk), answer
+    finally:
+        stream.close()
+
+
+# --- code views --------------------------------------------------------------------------------
+
+
+def _literal(value: Any, python: bool, level: int = 0) -> str:
+    """``value`` (JSON data) as Python source or as JSON: on one line when short, else one item per line."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid Python string literal too
+    if value is None or isinstance(value, bool):
+        return repr(value) if python else json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        items = [f"{_literal(str(k), python)}: {_literal(v, python, level + 1)}" for k, v in value.items()]
+        opening, closing = "{", "}"
+    else:
+        items = [_literal(v, python, level + 1) for v in value]
+        opening, closing = "[", "]"
+    inline = f"{opening}{', '.join(items)}{closing}"
+    if len(inline) + 4 * (level + 1) <= 100 and "\n" not in inline:
+        return inline
+    inner = "    " * (level + 1)
+    comma = "," if python else ""
+    lines = [f"{inner}{item}," for item in items]
+    lines[-1] = lines[-1][:-1] + comma
+    return opening + "\n" + "\n".join(lines) + "\n" + "    " * level + closing
+
+
+def python_code(body: dict[str, Any], base_url: str) -> str:
+    """``body`` as a request of the ``openai`` Python client (Atelier's extensions in ``extra_body``).
+
+    The key is read from ``ATELIER_API_KEY``; it is never written in the code.
+
+    Args:
+        body: A chat completions request (``playground.build_request``'s).
+        base_url: The server's root URL (``/v1`` is added).
+    """
+    api = base_url.rstrip("/") + "/v1"
+    kwargs = [f"    {k}={_literal(body[k], True, 1)}," for k in OPENAI_FIELDS if k in body]
+    extra = {k: v for k, v in body.items() if k not in OPENAI_FIELDS}
+    if extra:
+        kwargs += ["    # Atelier's extensions, which the openai client sends as they are:",
+                   f"    extra_body={_literal(extra, True, 1)},"]
+    lines = [
+        "import os",
+        "",
+        "from openai import OpenAI",
+        "",
+        f"client = OpenAI(base_url={_literal(api, True)}, api_key=os.environ[\"ATELIER_API_KEY\"])",
+        f"{'stream' if body.get('stream') else 'reply'} = client.chat.completions.create(",
+        *kwargs,
+        ")",
+    ]
+    if body.get("stream"):
+        lines += [
+            "for chunk in stream:",
+            "    for choice in chunk.choices:",
+            "        if choice.delta.content:",
+            "            print(choice.delta.content, end=\"\", flush=True)",
+            "        if choice.delta.tool_calls:",
+            "            print(choice.delta.tool_calls)",
+            "    if chunk.usage:",
+            "        print()",
+            "        print(chunk.usage)",
+        ]
+    else:
+        lines += ["print(reply.choices[0].message.content)", "print(reply.usage)"]
+    return "\n".join(lines) + "\n"
+
+
+def curl_command(body: dict[str, Any], base_url: str) -> str:
+    """``body`` as a ``curl`` command; the key is ``$ATELIER_API_KEY``, never its value.
+
+    Args:
+        body: A chat completions request (``playground.build_request``'s).
+        base_url: The server's root URL.
+    """
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+    data = _literal(body, False)
+    return "\n".join([
+        f"curl {'-N ' if body.get('stream') else ''}{shlex.quote(url)} \\",
+        '  -H "Authorization: Bearer $ATELIER_API_KEY" \\',
+        '  -H "Content-Type: application/json" \\',
+        f"  -d {shlex.quote(data)}",
+    ]) + "\n"  # fmt: skip

@@ -1,10 +1,14 @@
-"""The research assistant (Streamlit script run by ``atelier console``).
+"""The research console (Streamlit script run by ``atelier console``): two pages over one connection.
 
 Sidebar: the API URL and key (from ``ATELIER_URL``/``ATELIER_API_KEY`` or typed; the key is
-never shown back), the knowledge base to work on, and a form to create one. Main area:
-the retrieval options, then three tabs: *Ask* (a grounded answer with its ``[n]`` citations
-as numbered sources), *Search* (the passages of a plain search) and *Documents* (upload,
-and each document's ingestion state, polled until it is ready or failed).
+never shown back). Pages, in the top bar:
+
+- *Research assistant* (the default): the knowledge base to work on and a form to create
+  one (sidebar); the retrieval options, then three tabs: *Ask* (a grounded answer with its
+  ``[n]`` citations as numbered sources), *Search* (the passages of a plain search) and
+  *Documents* (upload, and each document's ingestion state, polled until ready or failed).
+- *Playground* (``/playground``, ``playground_page``): one message to a chat model with every
+  sampling control, the answer streamed, log probabilities, the request as code.
 
 Every request goes through ``atelier.console.actions`` to the HTTP API; an API error is
 shown as such (status and message), never as a traceback. Script arguments (after ``--``):
@@ -21,7 +25,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from atelier.client import ApiError, ServerUnreachable
-from atelier.console import actions
+from atelier.console import actions, playground_page
 from atelier.console.actions import Connection
 from atelier.settings import Settings
 
@@ -232,11 +236,8 @@ def show_documents(docs: list[actions.DocumentView]) -> None:
                 st.progress(doc.fraction)
 
 
-def main() -> None:
-    """The whole page."""
-    st.set_page_config(page_title="Atelier research assistant", page_icon=":material/menu_book:", layout="wide")
-    settings = Settings()
-    conn = connection_sidebar(settings)
+def research_assistant(conn: Connection) -> None:
+    """The research assistant's page."""
     st.title("Research assistant")
     with st.container():  # always there, so the elements below keep their place (and the chosen tab)
         for message, error in st.session_state.pop("flash", []):
@@ -262,6 +263,24 @@ def main() -> None:
         search_tab(conn, kb, mode, top_k)
     with documents:
         documents_tab(conn, kb)
+
+
+def main() -> None:
+    """The connection in the sidebar, then the chosen page."""
+    st.set_page_config(page_title="Atelier console", page_icon=":material/menu_book:", layout="wide")
+    conn = connection_sidebar(Settings())
+
+    def research() -> None:
+        research_assistant(conn)
+
+    def playground() -> None:
+        playground_page.render(conn)
+
+    pages = [
+        st.Page(research, title="Research assistant", icon=":material/menu_book:", default=True),
+        st.Page(playground, title="Playground", icon=":material/chat:", url_path="playground"),
+    ]
+    st.navigation(pages, position="top").run()
 
 
 main()
