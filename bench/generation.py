@@ -11,7 +11,11 @@ the same process (interleaved repeats, medians):
    left-padded batch;
 3. prefill tokens/s for a 512-token prompt: time to the first token with
    ``max_tokens=1`` vs one forward pass of the same model over the same ids;
-4. embeddings/s: ``Embedder.embed`` vs ``SentenceTransformer.encode`` on the same texts.
+4. embeddings/s: ``Embedder.embed`` vs ``SentenceTransformer.encode`` on the same texts;
+5. structured outputs: aggregate tokens/s of 32 concurrent requests of which half carry a
+   different JSON Schema each (the grammar mask applied to their rows only) vs the same batch
+   unconstrained, in process; and the time to compile a typical schema (p50, p99, distinct
+   schemas so that each one is a cache miss).
 
 Run: ``.venv/bin/python bench/generation.py`` (``--quick`` for a short run, ``--help``
 for sizes). Results go to ``bench/results/generation-<timestamp>.json``. The baselines use
@@ -184,18 +188,19 @@ def hf_prefill(model, ids: list[int]) -> float:
 # ---------------------------------------------------------------- Atelier in process
 
 
-def _request(ids: list[int], max_tokens: int):
+def _request(ids: list[int], max_tokens: int, constraint=None):
     from atelier.engine.types import GenerationRequest, SamplingParams
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    return GenerationRequest(request_id=f"bench-{uuid.uuid4().hex[:12]}", prompt_ids=list(ids), params=params)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=constraint is None)
+    return GenerationRequest(request_id=f"bench-{uuid.uuid4().hex[:12]}", prompt_ids=list(ids), params=params,
+                             constraint=constraint)
 
 
-async def _engine_one(engine, ids: list[int], max_tokens: int) -> dict:
+async def _engine_one(engine, ids: list[int], max_tokens: int, constraint=None) -> dict:
     """Stream one request; note when each event arrives."""
     t0 = time.perf_counter()
     times, tokens, text = [], [], []
-    async for event in engine.generate(CHAT, _request(ids, max_tokens)):
+    async for event in engine.generate(CHAT, _request(ids, max_tokens, constraint)):
         times.append(time.perf_counter())
         tokens.extend(event.token_ids)
         text.append(event.text)
@@ -206,12 +211,14 @@ def engine_single(engine, ids: list[int], max_tokens: int) -> dict:
     return asyncio.run(_engine_one(engine, ids, max_tokens))
 
 
-def engine_batch(engine, prompts: list[list[int]], max_tokens: int) -> tuple[float, int]:
-    """All prompts submitted at once; returns (seconds until the last one ends, tokens generated)."""
+def engine_batch(engine, prompts: list[list[int]], max_tokens: int, constraints=None) -> tuple[float, int]:
+    """All prompts submitted at once (``constraints``: one per prompt, or None); returns (seconds until the
+    last one ends, tokens generated)."""
+    constraints = constraints or [None] * len(prompts)
 
     async def run():
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(_engine_one(engine, p, max_tokens) for p in prompts))
+        results = await asyncio.gather(*(_engine_one(engine, p, max_tokens, c) for p, c in zip(prompts, constraints)))
         return time.perf_counter() - t0, sum(len(r["tokens"]) for r in results)
 
     return asyncio.run(run())
@@ -479,9 +486,47 @@ def bench_embeddings(args, server: ServerProcess | None, details: dict) -> list[
     return rows
 
 
+def _schema(i: int) -> dict:
+    """A typical extraction schema, different for each ``i`` (so that compiling it is a cache miss)."""
+    return {"type": "object", "additionalProperties": False, "required": ["name", "year", "tags", f"field_{i}"],
+            "properties": {"name": {"type": "string", "maxLength": 40}, "year": {"type": "integer",
+                           "minimum": 1000, "maximum": 2100}, "tags": {"type": "array", "maxItems": 4, "items": {
+                           "type": "string", "enum": ["red", "green", "blue", f"colour{i}"]}},
+                           f"field_{i}": {"type": "boolean"}}}  # fmt: skip
+
+
+def bench_structured(args, loaded, engine, details: dict) -> list[Row]:
+    """Throughput of a batch half of which is grammar-constrained, and schema compile time."""
+    from atelier.engine.types import Constraint
+
+    tok = loaded.tokenizer
+    b, m = 32, args.concurrent_tokens
+    prompts = [tok(PROMPTS[i % len(PROMPTS)] + " As JSON:", add_special_tokens=False)["input_ids"] for i in range(b)]
+    constrained = [Constraint("json_schema", json.dumps(_schema(i))) if i % 2 == 0 else None for i in range(b)]
+    row = Row(f"aggregate, {b} concurrent, half with JSON Schemas", "tok/s", baseline_name="the same batch unconstrained",
+              note=f"in process, {m} max tokens; {b // 2} rows each with its own schema; tokens / wall time")
+    engine_batch(engine, prompts[:4], 2, constrained[:4])  # warm-up (compiles those schemas)
+    for r in range(args.repeats):
+        secs, n = engine_batch(engine, prompts, m)
+        base = n / secs
+        secs, n = engine_batch(engine, prompts, m, constrained)
+        row.atelier.append(n / secs)
+        row.baseline.append(base)
+        log(f"structured repeat {r + 1}: unconstrained {base:.1f}, half constrained {n / secs:.1f} tok/s")
+    compile_ms = []
+    for i in range(1000, 1000 + (20 if args.quick else 100)):
+        t0 = time.perf_counter()
+        engine.validate_constraint(CHAT, Constraint("json_schema", json.dumps(_schema(i))), "response_format")
+        compile_ms.append((time.perf_counter() - t0) * 1000)
+    compile_ms.sort()
+    details["schema compile ms (p50, p99)"] = (round(compile_ms[len(compile_ms) // 2], 2),
+                                               round(compile_ms[min(len(compile_ms) - 1, int(len(compile_ms) * .99))], 2))
+    return [row]
+
+
 # ---------------------------------------------------------------- main
 
-SECTIONS = ("decode", "prefill", "concurrency", "embeddings")
+SECTIONS = ("decode", "prefill", "concurrency", "embeddings", "structured")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -543,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_concurrency(args, loaded, engine, server, details)
         if "embeddings" in args.only:
             rows += bench_embeddings(args, server, details)
+        if "structured" in args.only:
+            rows += bench_structured(args, loaded, engine, details)
     info["loadavg_at_end"] = list(os.getloadavg())
     info["seconds"] = round(time.perf_counter() - t_start, 1)
     print()

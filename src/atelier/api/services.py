@@ -168,7 +168,7 @@ class Services:
             custom_models = CustomModelService(db, objects, adapters)
             clusters = ClusterService(db, catalog, units)
             endpoints = EndpointService(db, catalog, custom_models, adapters)
-            models = ServedModels(catalog, custom_models, endpoints)
+            models = ServedModels(catalog, custom_models, endpoints, clusters, adapters)
             meter = UsageMeter(limits, metrics)
             generation = GenerationService(engine, models, meter)
             knowledge_bases = KnowledgeBaseService(db, objects, vectors, catalog)

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from atelier.api.errors import domain_error_payload, server_error_payload
 from atelier.cloud.generation import Generation, Outcome, finish_reason
-from atelier.engine.types import Usage
+from atelier.engine.types import TokenEvent, Usage
 from atelier.errors import AtelierError
 
 log = logging.getLogger(__name__)
@@ -49,36 +49,52 @@ def sse_event(payload: Payload) -> str:
 
 
 class Chunks(Protocol):
-    """The events of one response format (chat or text completion chunks)."""
+    """The events of one response format (chat or text completion chunks), per choice ``index``."""
 
     def opening(self) -> list[Payload]:
-        """Chunks sent before any text (chat: the assistant's role)."""
+        """Chunks sent before any text (chat: the assistant's role; an echoed prompt)."""
 
-    def delta(self, text: str) -> Payload:
-        """A piece of text."""
+    def event(self, index: int, event: TokenEvent) -> list[Payload]:
+        """Chunks for one engine event of a choice (its text and log probabilities; none while held back)."""
 
-    def finish(self, reason: str, text: str) -> Payload:
-        """The chunk carrying the finish reason (``text``: everything generated)."""
+    def finish(self, index: int, reason: str, text: str) -> list[Payload]:
+        """The chunks ending a choice (``text``: everything it generated)."""
 
     def usage(self, usage: Usage) -> Payload:
         """The last chunk, with the usage (``stream_options.include_usage``)."""
 
 
-async def stream(generation: Generation, chunks: Chunks, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE events of a generation (see the module docstring); the generation is closed at the end."""
-    parts: list[str] = []
+def combined_usage(usages: list[Usage]) -> Usage:
+    """The usage of several choices of one prompt: the prompt once, every choice's completion."""
+    return Usage(usages[0].prompt_tokens if usages else 0, sum(u.completion_tokens for u in usages))
+
+
+async def stream(generations: list[Generation], chunks: Chunks, include_usage: bool) -> AsyncIterator[str]:
+    """The SSE events of a request's generations, one per choice (see the module docstring).
+
+    The choices advance together in the engine's batch; their events are taken in turn, so
+    chunks of different choices interleave. Every generation is closed at the end.
+    """
+    texts: list[list[str]] = [[] for _ in generations]
+    active = list(range(len(generations)))
     try:
         for payload in chunks.opening():
             yield sse_event(payload)
-        async for event in generation:
-            if event.text:
-                parts.append(event.text)
-                yield sse_event(chunks.delta(event.text))
-            if event.finish_reason is not None:
-                yield sse_event(chunks.finish(finish_reason(event), "".join(parts)))
-                if include_usage:
-                    yield sse_event(chunks.usage(generation.usage))
-                break
+        while active:
+            for index in list(active):
+                event = await anext(generations[index], None)
+                if event is None:
+                    active.remove(index)
+                    continue
+                texts[index].append(event.text)
+                for payload in chunks.event(index, event):
+                    yield sse_event(payload)
+                if event.finish_reason is not None:
+                    for payload in chunks.finish(index, finish_reason(event), "".join(texts[index])):
+                        yield sse_event(payload)
+                    active.remove(index)
+        if include_usage:
+            yield sse_event(chunks.usage(combined_usage([g.usage for g in generations])))
         yield DONE
     except AtelierError as exc:
         yield sse_event(domain_error_payload(exc))
@@ -86,7 +102,8 @@ async def stream(generation: Generation, chunks: Chunks, include_usage: bool) ->
         log.exception("a streamed generation failed")
         yield sse_event(server_error_payload())
     finally:
-        await generation.aclose()
+        for generation in generations:
+            await generation.aclose()
 
 
 class SSEResponse(StreamingResponse):
@@ -124,48 +141,65 @@ class SSEResponse(StreamingResponse):
             log.info("client disconnected during a stream: %s", scope.get("path"))
 
 
-def streamed(generation: Generation, chunks: Chunks, include_usage: bool) -> SSEResponse:
-    """The SSE response of a generation."""
-    return SSEResponse(stream(generation, chunks, include_usage), on_close=generation.aclose)
+def streamed(generations: list[Generation], chunks: Chunks, include_usage: bool) -> SSEResponse:
+    """The SSE response of a request's generations."""
+
+    async def close() -> None:
+        for generation in generations:
+            await generation.aclose()
+
+    return SSEResponse(stream(generations, chunks, include_usage), on_close=close)
 
 
 async def collect(generation: Generation, request: Request | None = None) -> Outcome | None:
-    """Run a generation to its end and join its text, unless the client leaves first.
+    """Run a generation to its end and join its text, unless the client leaves first (then None)."""
+    outcomes = await collect_all([generation], request)
+    return outcomes[0] if outcomes is not None else None
+
+
+async def collect_all(generations: list[Generation], request: Request | None = None) -> list[Outcome] | None:
+    """Run generations to their ends together, unless the client leaves first.
 
     Args:
-        generation: The started generation (closed at the end, whatever happens).
-        request: The HTTP request; when given, a client disconnect aborts the generation
-            at once (its batch slot is freed) instead of letting it run to the end.
+        generations: The started generations (all closed at the end, whatever happens).
+        request: The HTTP request; when given, a client disconnect aborts them at once
+            (their batch slots are freed) instead of letting them run to the end.
 
     Returns:
-        The outcome, or None if the client disconnected first.
+        The outcomes in order, or None if the client disconnected first.
     """
-    if request is None:
-        return await generation.collect()
-    outcome: Outcome | None = None
-    error: Exception | None = None
+    outcomes: list[Outcome | None] = [None] * len(generations)
+    errors: list[Exception] = []
 
     async with anyio.create_task_group() as group:
 
-        async def run() -> None:
-            nonlocal outcome, error
+        async def run(i: int) -> None:
             try:
-                outcome = await generation.collect()
+                outcomes[i] = await generations[i].collect()
             except Exception as exc:  # re-raised below, outside the task group's ExceptionGroup
-                error = exc
-            finally:
+                errors.append(exc)
                 group.cancel_scope.cancel()
 
         async def watch() -> None:
+            if request is None:
+                return
             # The body is read: the next message the server sends is the disconnect.
             while (await request.receive())["type"] != "http.disconnect":
                 pass
             group.cancel_scope.cancel()
 
-        group.start_soon(run)
+        async def run_all() -> None:
+            async with anyio.create_task_group() as inner:
+                for i in range(len(generations)):
+                    inner.start_soon(run, i)
+            group.cancel_scope.cancel()  # done: stop watching
+
+        group.start_soon(run_all)
         group.start_soon(watch)
-    if error is not None:
-        raise error
-    if outcome is None:
+    for generation in generations:
         await generation.aclose()
-    return outcome
+    if errors:
+        raise errors[0]
+    if any(o is None for o in outcomes):
+        return None
+    return outcomes  # type: ignore[return-value]

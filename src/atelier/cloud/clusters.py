@@ -198,6 +198,11 @@ class ClusterService:
         with self._db.session() as session:
             return repo.get_cluster(session, principal, cluster_id)
 
+    def can_host(self, principal: Principal, base_model: str) -> bool:
+        """Whether the tenancy has an active hosting cluster of ``base_model`` (capacity for its custom models)."""
+        with self._db.session() as session:
+            return bool(repo.list_clusters(session, principal, type="hosting", base_model=base_model, state="active"))
+
     def update(self, principal: Principal, cluster_id: str, body: ClusterUpdate) -> Cluster:
         """Rename, describe, grow or shrink an active cluster (``active`` → ``updating`` → ``active``).
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anyio
@@ -27,7 +27,7 @@ import anyio.to_thread
 from atelier.catalog import ModelSpec
 from atelier.cloud.served_models import Authorizer, ServedModel, ServedModels
 from atelier.engine.client import EngineClient
-from atelier.engine.types import GenerationRequest, SamplingParams, TokenEvent, Usage
+from atelier.engine.types import Constraint, GenerationRequest, SamplingParams, TokenEvent, TokenLogprob, Usage
 from atelier.errors import InvalidInput, Unavailable
 from atelier.principal import Principal
 from atelier.prompts.formats import render_chat
@@ -103,16 +103,37 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What a request asks of the output besides sampling: a constraint, and how many choices."""
+
+    constraint: Constraint | None = None
+    param: str = "response_format"
+    """The request field named when the engine cannot enforce the constraint."""
+    choices: int = 1
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """A generation ready for the engine: what serves it and the engine request."""
+    """A generation ready for the engine: what serves it, the engine request and how many choices."""
 
     served: ServedModel
     request: GenerationRequest
+    choices: int = 1
 
     @property
     def prompt_tokens(self) -> int:
         """Length of the rendered prompt."""
         return len(self.request.prompt_ids)
+
+    def requests(self) -> list[GenerationRequest]:
+        """One engine request per choice; with a seed, choice ``i`` uses ``seed + i`` (so choice 0 is the
+        request alone, and every choice is what a separate request of that seed gives)."""
+        if self.choices == 1:
+            return [self.request]
+        seed = self.request.params.seed
+        return [replace(self.request, request_id=f"{self.request.request_id}-{i}",
+                        params=replace(self.request.params, seed=None if seed is None else seed + i))
+                for i in range(self.choices)]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -122,7 +143,10 @@ class Outcome:
     text: str
     finish_reason: str
     usage: Usage
-
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """One per generated token, when the request asked for them."""
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 def finish_reason(event: TokenEvent) -> str:
     """OpenAI's finish reason for the last event (an abort reads as ``stop``)."""
@@ -193,16 +217,24 @@ class Generation:
         return event
 
     async def collect(self) -> Outcome:
-        """Every event's text joined; the generation is closed whatever happens."""
+        """Every event's text, tokens and log probabilities joined; the generation is closed whatever happens."""
         parts: list[str] = []
+        ids: list[int] = []
+        logprobs: list[TokenLogprob] = []
+        prompt_logprobs = None
         last: TokenEvent | None = None
         try:
             async for event in self:
                 parts.append(event.text)
+                ids.extend(event.token_ids)
+                logprobs.extend(event.logprobs)
+                if event.prompt_logprobs is not None:
+                    prompt_logprobs = event.prompt_logprobs
                 last = event
         finally:
             await self.aclose()
-        return Outcome("".join(parts), finish_reason(last) if last is not None else "stop", self.usage)
+        return Outcome("".join(parts), finish_reason(last) if last is not None else "stop", self.usage, ids,
+                       logprobs, prompt_logprobs)
 
     async def aclose(self) -> None:
         """Abort the engine request if it still runs, then report the usage (once)."""
@@ -244,25 +276,33 @@ class GenerationService:
         return self._engine.tokenizer(spec.name)
 
     async def prepare_chat(self, guard: Authorizer, model: str | ServedModel, messages: list[dict], sampling: Sampling,
-                           *, limit: Limit = Limit(), chat_format: str | None = None,
-                           id_prefix: str = "chatcmpl") -> Prepared:
+                           *, limit: Limit = Limit(), chat_format: str | None = None, id_prefix: str = "chatcmpl",
+                           shape: Shape = Shape()) -> Prepared:
         """A chat generation: ``messages`` rendered in the model's chat format (or ``chat_format``).
 
         Raises:
             NotFound, Forbidden, InvalidInput, Conflict, Unavailable: See ``ServedModels.resolve``;
-                InvalidInput also when the prompt or the token limit does not fit the model.
+                InvalidInput also when the prompt or the token limit does not fit the model, or the
+                constraint is not one the engine can enforce (``shape.param`` named).
         """
         served = model if isinstance(model, ServedModel) else await self.resolve(guard, model)
 
         def render() -> list[int]:
             rendered = render_chat(self.tokenizer(served.spec), messages,
                                    chat_format=chat_format or served.spec.chat_format)
+            self._check(served, shape)
             return rendered.ids
 
-        return self._prepared(served, await anyio.to_thread.run_sync(render), sampling, limit, id_prefix)
+        return self._prepared(served, await anyio.to_thread.run_sync(render), sampling, limit, id_prefix, shape)
+
+    def _check(self, served: ServedModel, shape: Shape) -> None:
+        """Refuse a constraint the engine cannot compile (400 naming ``shape.param``); blocking."""
+        if shape.constraint is not None:
+            self._engine.validate_constraint(served.spec.name, shape.constraint, shape.param)
 
     async def prepare_text(self, guard: Authorizer, model: str, prompt: str | list[int], sampling: Sampling, *,
-                           limit: Limit = Limit(prompt_param="prompt"), id_prefix: str = "cmpl") -> Prepared:
+                           limit: Limit = Limit(prompt_param="prompt"), id_prefix: str = "cmpl",
+                           shape: Shape = Shape()) -> Prepared:
         """A plain continuation of ``prompt`` (a string, tokenized without special tokens, or token ids).
 
         Raises:
@@ -284,16 +324,19 @@ class GenerationService:
                 ids = list(prompt)
             if not ids:
                 raise InvalidInput(f"{limit.prompt_param} must not be empty", param=limit.prompt_param)
+            self._check(served, shape)
             return ids
 
-        return self._prepared(served, await anyio.to_thread.run_sync(tokenize), sampling, limit, id_prefix)
+        return self._prepared(served, await anyio.to_thread.run_sync(tokenize), sampling, limit, id_prefix, shape)
 
     @staticmethod
-    def _prepared(served: ServedModel, ids: list[int], sampling: Sampling, limit: Limit, id_prefix: str) -> Prepared:
+    def _prepared(served: ServedModel, ids: list[int], sampling: Sampling, limit: Limit, id_prefix: str,
+                  shape: Shape) -> Prepared:
         size = max_new_tokens(served.spec, len(ids), limit.requested, prompt_param=limit.prompt_param,
                               max_param=limit.max_param)
-        return Prepared(served, GenerationRequest(request_id=new_id(id_prefix), prompt_ids=ids, params=sampling(size),
-                                                  adapter_slot=served.adapter_slot))
+        request = GenerationRequest(request_id=new_id(id_prefix), prompt_ids=ids, params=sampling(size),
+                                    adapter_slot=served.adapter_slot, constraint=shape.constraint)
+        return Prepared(served, request, shape.choices)
 
     async def open(self, principal: Principal, prepared: Prepared) -> Generation:
         """Admit the generation under the tenancy's limits, submit it and await its first event.
@@ -303,8 +346,27 @@ class GenerationService:
                 taken, or the engine's queue is full (429).
             Whatever the engine raises before its first event (the slot is released first).
         """
+        return await self._start(principal, prepared, prepared.request)
+
+    async def open_choices(self, principal: Principal, prepared: Prepared) -> list[Generation]:
+        """``open`` for each choice of ``prepared`` (one generation each); all started or none.
+
+        Raises:
+            What ``open`` raises (the choices already started are closed first).
+        """
+        started: list[Generation] = []
+        try:
+            for request in prepared.requests():
+                started.append(await self._start(principal, prepared, request))
+        except BaseException:
+            for generation in started:
+                await generation.aclose()
+            raise
+        return started
+
+    async def _start(self, principal: Principal, prepared: Prepared, request: GenerationRequest) -> Generation:
         model = prepared.served.spec.name
         on_end = None
         if self._admission is not None:
             on_end = self._admission.admit(principal, model, prepared.prompt_tokens)
-        return await Generation.start(self._engine.generate(model, prepared.request), prepared.prompt_tokens, on_end)
+        return await Generation.start(self._engine.generate(model, request), prepared.prompt_tokens, on_end)

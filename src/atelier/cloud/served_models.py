@@ -4,8 +4,11 @@
 - an endpoint id (``ep_…``) of the caller's tenancy: ``invoke`` on it; the endpoint must be
   active; it serves its base model or its custom model's adapter;
 - a custom model of the caller's tenancy, by id (``cm_…``) or by the name the service shows
-  for it (``ft:<base>:[<suffix>:]<job id>``): ``invoke`` on it; it must be hosted on an active
-  endpoint (else 400 ``model_not_hosted``, saying to create one).
+  for it (``ft:<base>:[<suffix>:]<job id>``): ``invoke`` on it. An active endpoint hosting it
+  serves it with its adapter pinned (dedicated capacity); otherwise it is served on demand on
+  the shared base of the tenancy's hosting capacity (an active hosting cluster of its base
+  model): its adapter is loaded on first use and evicted least-recently-used under the
+  engine's adapter memory budget. With neither: 400 ``model_not_hosted``, saying what to create.
 
 Another tenancy's id, or one the caller may not see, answers exactly what an unknown model
 answers (404 ``model_not_found``). The engine then gets an opaque adapter slot, never a path
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from atelier.catalog import Catalog, ModelSpec
+from atelier.cloud.adapter_host import AdapterHost
+from atelier.cloud.clusters import ClusterService
 from atelier.cloud.custom_models import CustomModelService, is_custom_model_ref
 from atelier.cloud.endpoints import ENDPOINT_PREFIX, EndpointService
 from atelier.errors import InvalidInput, NotFound
@@ -56,12 +61,17 @@ class ServedModels:
         catalog: The base models.
         custom_models: The tenancies' custom models.
         endpoints: The tenancies' endpoints (and the adapters they keep loaded).
+        clusters: The tenancies' clusters (hosting capacity for custom models served on demand).
+        adapters: The adapters loaded in the engine.
     """
 
-    def __init__(self, catalog: Catalog, custom_models: CustomModelService, endpoints: EndpointService):
+    def __init__(self, catalog: Catalog, custom_models: CustomModelService, endpoints: EndpointService,
+                 clusters: ClusterService, adapters: AdapterHost):
         self._catalog = catalog
         self._custom_models = custom_models
         self._endpoints = endpoints
+        self._clusters = clusters
+        self._adapters = adapters
 
     def resolve(self, guard: Authorizer, name: str) -> ServedModel:
         """The served model named ``name`` for the guard's caller (blocking: may load an adapter).
@@ -80,11 +90,13 @@ class ServedModels:
             return ServedModel(spec, self._endpoints.serving_slot(guard.principal, endpoint), name)
         if is_custom_model_ref(name):
             row: CustomModel = self._visible(guard, lambda: self._custom_models.get(guard.principal, name), name)
-            endpoint = self._endpoints.hosted(guard.principal, row.id)
-            if endpoint is None:
-                raise self._not_hosted(row)
             spec = self._catalog.get(row.base_model, kind="chat")
-            return ServedModel(spec, self._endpoints.serving_slot(guard.principal, endpoint), name)
+            endpoint = self._endpoints.hosted(guard.principal, row.id)
+            if endpoint is not None:
+                return ServedModel(spec, self._endpoints.serving_slot(guard.principal, endpoint), name)
+            if not self._clusters.can_host(guard.principal, row.base_model):
+                raise self._not_hosted(row)
+            return ServedModel(spec, self._adapters.slot(guard.principal, row), name)
         spec = self._catalog.get(name, kind="chat")
         return ServedModel(spec, None, spec.name)
 
@@ -99,16 +111,16 @@ class ServedModels:
     @staticmethod
     def _not_hosted(row: CustomModel) -> InvalidInput:
         return InvalidInput(
-            f"custom model {row.id!r} is not hosted: create an endpoint for it on a hosting cluster of "
-            f"{row.base_model} (POST /v1/endpoints {{\"name\": ..., \"cluster_id\": ..., \"model\": \"{row.id}\"}}, "
-            f"or atelier endpoint create <name> --cluster <cluster id> --model {row.id}), then call it by the "
-            "endpoint's id or by this id",
+            f"custom model {row.id!r} is not hosted: your tenancy has no active hosting cluster of "
+            f"{row.base_model}. Create one (POST /v1/clusters with type hosting, or atelier cluster create <name> "
+            f"--type hosting --model {row.base_model} --units 1); the model is then served on demand, or on an "
+            f"endpoint of its own (atelier endpoint create <name> --cluster <cluster id> --model {row.id})",
             param="model", code="model_not_hosted",
         )  # fmt: skip
 
     def listed(self, guard: Authorizer) -> list[tuple[Endpoint | CustomModel, ModelSpec]]:
         """What the caller may call besides the catalog: its visible active endpoints, then the visible
-        custom models they host, each with its base model's spec."""
+        custom models that an endpoint hosts or that can be served on demand, each with its base model's spec."""
         base = {spec.name: spec for spec in self._catalog if spec.kind == "chat"}
         principal = guard.principal
         found: list[tuple[Endpoint | CustomModel, ModelSpec]] = []
@@ -116,8 +128,9 @@ class ServedModels:
             if row.state == "active" and row.base_model in base:
                 found.append((row, base[row.base_model]))
         hosted = self._endpoints.hosted_models(principal)
+        hosting = {model for model in base if self._clusters.can_host(principal, model)}
         for row in guard.visible(self._custom_models.list(principal)):
-            if row.id in hosted and row.base_model in base:
+            if (row.id in hosted or row.base_model in hosting) and row.base_model in base:
                 found.append((row, base[row.base_model]))
         return found
 

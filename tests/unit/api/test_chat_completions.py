@@ -165,12 +165,23 @@ LONG = "word " * 60  # 300 byte tokens > the tiny model's 256-token context
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stop": [""]}, "stop"),
         ({"seed": 2**70}, "seed"),
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"n": 9}, "n"),
+        ({"n": 0}, "n"),
         ({"top_logprobs": 3}, "top_logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}] * 2}, "tools[1].function.name"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"logit_bias": {"50256": -101}}, "logit_bias.50256"),
+        ({"logit_bias": {"word": 1}}, "logit_bias"),
+        ({"structured_outputs": {"regex": "a+", "choice": ["a"]}}, "structured_outputs"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"chat_format": "alpaca"}, "chat_format"),
         ({"stream": "yes please"}, "stream"),
         ({"messages": []}, "messages"),
@@ -188,8 +199,9 @@ def test_bad_input_is_400_naming_the_param(client, check_error, fields, param):
     check_error(chat(client, **fields), 400, param=param, type_="invalid_request_error")
 
 
-def test_logprobs_refusal_says_unsupported(client, check_error):
-    assert "not supported" in check_error(chat(client, logprobs=True), 400)["message"]
+def test_tool_choice_without_tools_is_refused_as_openai_does(client, check_error):
+    assert "only allowed when tools" in check_error(chat(client, tool_choice="required"), 400,
+                                                    param="tool_choice")["message"]
 
 
 def test_prompt_longer_than_the_context(client, check_error):

@@ -18,6 +18,7 @@ from atelier.engine.loading import tiny_loaded
 from atelier.errors import InvalidInput
 from atelier.jobs.fine_tune import KIND, FineTuneHandler
 from atelier.store.jobs import JobQueue
+from atelier.store.tables import CustomModel
 from atelier.jobs.context import JobContext, JobStopped
 from atelier.jobs.worker import Worker
 from atelier.principal import Principal
@@ -141,13 +142,15 @@ def test_chat_with_the_custom_model(finished, client, clusters, tenancy_b, check
     model_id = finished[1]["fine_tuned_model"]
     body = {"model": model_id, "messages": [{"role": "user", "content": "Say red"}], "max_tokens": 4,
             "temperature": 0}
-    unhosted = check_error(client.post("/v1/chat/completions", json=body), 400, param="model")
-    assert unhosted["code"] == "model_not_hosted" and "create an endpoint" in unhosted["message"]
+    on_demand = client.post("/v1/chat/completions", json=body)  # callable at once, on the shared hosting capacity
+    assert on_demand.status_code == 200, on_demand.text
+    assert model_id in [m["id"] for m in client.get("/v1/models").json()["data"]]
     endpoint = host(client, clusters["hosting"], model_id, "colors")
     listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert model_id in listed and endpoint["id"] in listed
     answer = client.post("/v1/chat/completions", json=body)
     assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"] == on_demand.json()["choices"]  # the same adapter, dedicated or on demand
     assert answer.json()["model"] == model_id and answer.json()["usage"]["completion_tokens"] >= 1
     again = client.post("/v1/chat/completions", json=body).json()  # the loaded adapter is reused
     assert again["choices"][0]["message"]["content"] == answer.json()["choices"][0]["message"]["content"]
@@ -163,6 +166,22 @@ def test_chat_with_the_custom_model(finished, client, clusters, tenancy_b, check
         unknown.json()["error"]["message"].replace("cm_" + "0" * 24, "<id>")
     assert model_id not in tenancy_b.get("/v1/models").text
     assert tenancy_b.get(f"/v1/custom-models/{model_id}").status_code == 404
+
+
+def test_a_custom_model_without_hosting_capacity_is_not_hosted(app, client, tenancy_b, check_error):
+    tenancy_id = next(t["id"] for t in client.get("/v1/tenancies").json()["data"] if t["name"] == "ft-beta")
+    services = app.state.services
+    ref = services.objects.put(tenancy_id, "adapter", b"unused")  # what a finished job leaves; beta has no cluster
+    with services.db.session() as s:
+        row = CustomModel(tenancy_id=tenancy_id, name="ft:tiny:beta", base_model="tiny", method="lora",
+                          adapter_object_id=ref.id, trainable_params=1, total_params=10, metrics={}, curve=[])
+        s.add(row)
+        s.flush()
+        model_id = row.id
+    body = {"model": model_id, "messages": [{"role": "user", "content": "Say red"}], "max_tokens": 4}
+    unhosted = check_error(tenancy_b.post("/v1/chat/completions", json=body), 400, param="model")
+    assert unhosted["code"] == "model_not_hosted" and "no active hosting cluster of tiny" in unhosted["message"]
+    assert model_id not in [m["id"] for m in tenancy_b.get("/v1/models").json()["data"]]
 
 
 def test_the_name_the_service_shows_resolves_wherever_a_model_is_accepted(finished, client, clusters, tenancy_b):

@@ -16,6 +16,7 @@ from fastapi import Request
 
 from atelier.api.authz import Guard
 from atelier.api.citations import CitationOut, citations_out
+from atelier.api.openai.choices import ChoiceReader
 from atelier.api.openai.protocol import ChatCompletion, ChatCompletionRequest, KnowledgeBaseOption
 from atelier.api.openai.serving import respond_chat
 from atelier.api.services import Services
@@ -90,6 +91,8 @@ async def complete(request: Request, services: Services, guard: Guard, body: Cha
         cited = citations_out(grounding.cite(text, ready.passages)) if ready.prepared is not None else []
         return {"citations": [c.model_dump(mode="json") for c in cited]}
 
-    return await respond_chat(request, services.generation, guard.principal, ready.prepared, ready.served,
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    reader = ChoiceReader(services.generation.tokenizer(ready.served.spec), top_logprobs=top)
+    return await respond_chat(request, services.generation, guard.principal, ready.prepared, ready.served, reader,
                               stream=body.stream, include_usage=body.include_usage, fixed_text=NO_ANSWER,
                               extras=extras)

@@ -2,24 +2,29 @@
 
 Requests carry every bound the API promises (a value out of bounds is a 400 naming the
 parameter, via ``api/errors.py``); unknown fields are ignored, as newer clients send
-options this server has no use for, but the OpenAI options it cannot honour (``n`` > 1,
-``logprobs``, tools, JSON mode, ``echo``...) are refused rather than silently dropped.
+options this server has no use for, but the OpenAI options it cannot honour (``suffix``) are
+refused rather than silently dropped. Structured outputs, tools and log probabilities are
+translated for the engine by ``api/openai/options.py``.
 Responses have the exact shape of OpenAI's objects, so the official client and LangChain
 parse them. This module holds schemas only: no model math and no engine calls.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
+from atelier.api.openai.options import ResponseFormat, StructuredOutputs
 from atelier.cloud.generation import Limit
 from atelier.engine.types import MAX_INPUTS
 from atelier.engine.types import SamplingParams
 from atelier.prompts.templates import Example
 
 MAX_STOP = 4
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
 MAX_TEXT = 1_000_000
 """Largest single text field, in characters (the body limit applies first in practice)."""
 
@@ -60,8 +65,23 @@ class _Generation(_Request):
     )
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
     stream_options: StreamOptions | None = Field(None, description="Options for `stream: true`.")
-    n: int = Field(1, description="Number of choices; only 1 is supported.")
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be absent or empty.")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description=f"Choices to generate (1 to {MAX_CHOICES}); with a seed, "
+                                                         "choice i uses seed + i.")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, max_length=300, description="Token id (as a string) → bias from -100 to 100 added to its logit."
+    )
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=2, description="Atelier extension (vLLM's): >1 discourages tokens already in the prompt or "
+        "the output (a positive logit divided by it, a negative one multiplied); 1 disables.",
+    )
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="Atelier extension (vLLM's names): constrain the output to a JSON Schema (`json`), one "
+        "of a list of strings (`choice`), a regular expression (`regex`) or a Lark grammar (`grammar`).",
+    )
+    logprobs_mode: Literal["raw", "processed"] = Field(
+        "raw", description="Atelier extension: log probabilities of the model's raw distribution, or of the "
+        "processed one actually sampled from (after penalties, bias, grammar mask and temperature).",
+    )
     user: str | None = Field(None, max_length=256, description="End-user id; accepted and ignored.")
 
     @field_validator("stop")
@@ -74,18 +94,12 @@ class _Generation(_Request):
             raise ValueError("a stop sequence must not be empty")
         return value
 
-    @field_validator("n")
-    @classmethod
-    def _check_n(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
-
     @field_validator("logit_bias")
     @classmethod
     def _check_logit_bias(cls, value: dict | None) -> dict | None:
-        if value:
-            raise ValueError("logit_bias is not supported")
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids; {key!r} is not one")
         return value
 
     @property
@@ -101,9 +115,14 @@ class _Generation(_Request):
         requested, max_param = self.requested_max_tokens()
         return Limit(requested, max_param, prompt_param)
 
+    def requested_logprobs(self) -> tuple[int | None, int | None]:
+        """``(top log probabilities per generated token or None, per prompt token or None)``."""
+        return None, None
+
     def sampling(self, max_tokens: int) -> SamplingParams:
         """The engine's sampling parameters, defaults filled in for null fields."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        logprobs, prompt_logprobs = self.requested_logprobs()
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -113,6 +132,11 @@ class _Generation(_Request):
             presence_penalty=self.presence_penalty or 0.0,
             stop=stop,
             seed=self.seed,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items())),
+            logprobs=logprobs,
+            logprobs_mode=self.logprobs_mode,
+            prompt_logprobs=prompt_logprobs,
         )
 
 
@@ -125,14 +149,31 @@ class ContentPart(BaseModel):
     text: str | None = Field(None, max_length=MAX_TEXT, description="The text of a text part.")
 
 
+class FunctionCall(BaseModel):
+    """A call an assistant made: the function and its arguments as JSON text."""
+
+    name: str = Field(max_length=64, description="The function's name.")
+    arguments: str = Field(max_length=MAX_TEXT, description="The arguments, a JSON object as text.")
+
+
+class ToolCallMessage(BaseModel):
+    """One tool call of an assistant message."""
+
+    id: str = Field(max_length=100, description="The call's id, which the tool message answering it repeats.")
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    """One chat message (``developer`` is read as ``system``)."""
+    """One chat message (``developer`` is read as ``system``; ``tool`` answers an assistant's tool call)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"] = Field(description="Who speaks.")
-    content: str | list[ContentPart] | None = Field(description="The text, or a list of text parts.")
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(description="Who speaks.")
+    content: str | list[ContentPart] | None = Field(None, description="The text, or a list of text parts.")
     name: str | None = Field(None, max_length=256, description="Participant name; ignored.")
+    tool_calls: list[ToolCallMessage] | None = Field(None, max_length=64, description="An assistant's tool calls.")
+    tool_call_id: str | None = Field(None, max_length=100, description="The call a tool message answers.")
 
 
 class KnowledgeBaseOption(BaseModel):
@@ -153,10 +194,24 @@ class ChatCompletionRequest(_Generation):
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (newer name); wins if both.")
-    logprobs: bool | None = Field(None, description="Not supported: must be absent or false.")
-    top_logprobs: int | None = Field(None, description="Not supported: must be absent or 0.")
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported: must be absent or empty.")
-    response_format: dict[str, Any] | None = Field(None, description="Only {'type': 'text'} is supported.")
+    logprobs: bool | None = Field(None, description="Return each output token's log probability.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description=f"With logprobs: the 0 to {MAX_TOP_LOGPROBS} likeliest tokens "
+        "at each position too.",
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        None, max_length=128, description="Functions the model may call: `{\"type\": \"function\", \"function\": "
+        "{\"name\", \"description\", \"parameters\"}}`.",
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="`none`, `auto` (default with tools), `required`, or `{\"type\": \"function\", "
+        "\"function\": {\"name\": ...}}` to force one.",
+    )
+    parallel_tool_calls: bool | None = Field(None, description="Allow several calls in one answer (auto; default true).")
+    response_format: ResponseFormat | None = Field(
+        None, description="`{\"type\": \"text\"}`, `{\"type\": \"json_object\"}` or `{\"type\": \"json_schema\", "
+        "\"json_schema\": {\"name\", \"schema\", \"strict\"}}`: the answer is valid JSON (of the schema).",
+    )
     preamble: str | None = Field(
         None, max_length=MAX_TEXT, description="Atelier extension: system prompt that replaces any system message."
     )
@@ -177,33 +232,8 @@ class ChatCompletionRequest(_Generation):
         "the question, the answer cites passages as [n] and the response adds `citations`.",
     )
 
-    @field_validator("logprobs")
-    @classmethod
-    def _check_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported by this server")
-        return value
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _check_top_logprobs(cls, value: int | None) -> int | None:
-        if value:
-            raise ValueError("top_logprobs are not supported by this server")
-        return value
-
-    @field_validator("tools")
-    @classmethod
-    def _check_tools(cls, value: list | None) -> list | None:
-        if value:
-            raise ValueError("tools are not supported by this server")
-        return value
-
-    @field_validator("response_format")
-    @classmethod
-    def _check_response_format(cls, value: dict | None) -> dict | None:
-        if value and value.get("type", "text") != "text":
-            raise ValueError("only response_format {'type': 'text'} is supported")
-        return value
+    def requested_logprobs(self) -> tuple[int | None, int | None]:
+        return (self.top_logprobs or 0) if self.logprobs else None, None
 
     def requested_max_tokens(self) -> tuple[int | None, str]:
         if self.max_completion_tokens is not None:
@@ -215,10 +245,17 @@ class CompletionRequest(_Generation):
     """``POST /v1/completions``: one prompt, as text or as token ids."""
 
     prompt: str | list[str] | list[int] = Field(description="The text to continue: a string, [string] or token ids.")
-    echo: bool = Field(False, description="Not supported: must be false.")
+    echo: bool = Field(False, description="Return the prompt before the completion (with its log probabilities "
+                                          "when `logprobs` is set).")
     suffix: str | None = Field(None, description="Not supported: must be absent.")
-    best_of: int | None = Field(None, description="Not supported: must be absent or 1.")
-    logprobs: int | None = Field(None, description="Not supported: must be absent.")
+    best_of: int | None = Field(
+        None, ge=1, le=MAX_CHOICES, description="Generate this many and return the `n` with the highest mean log "
+        "probability (at least `n`; not with `stream`).",
+    )
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_COMPLETION_LOGPROBS, description=f"Log probabilities of each token and of the 0 to "
+        f"{MAX_COMPLETION_LOGPROBS} likeliest at its position.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -230,33 +267,15 @@ class CompletionRequest(_Generation):
                 raise ValueError("only one prompt per request is supported")
         return value
 
-    @field_validator("echo")
-    @classmethod
-    def _check_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("echo is not supported")
-        return value
-
     @field_validator("suffix")
     @classmethod
     def _check_suffix(cls, value: str | None) -> str | None:
         if value:
-            raise ValueError("suffix is not supported")
+            raise ValueError("suffix is not supported by this server")
         return value
 
-    @field_validator("best_of")
-    @classmethod
-    def _check_best_of(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only best_of=1 is supported")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _check_logprobs(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise ValueError("logprobs are not supported by this server")
-        return value
+    def requested_logprobs(self) -> tuple[int | None, int | None]:
+        return self.logprobs, (self.logprobs if self.echo and self.logprobs is not None else None)
 
 
 class EmbeddingRequest(_Request):
@@ -310,7 +329,54 @@ class TokenizeRequest(_Request):
 # ---------------------------------------------------------------- responses
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class TopLogprob(BaseModel):
+    """One of the likeliest tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(description="The token's UTF-8 bytes.")
+
+
+class TokenLogprobOut(TopLogprob):
+    """A generated token's log probability, with the likeliest tokens at its position."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """``choices[].logprobs`` of a chat completion."""
+
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """``choices[].logprobs`` of a text completion (the legacy shape)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="None for the first token of an echoed prompt.")
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class ToolCallOut(BaseModel):
+    """A call the model made."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed tool call (sent whole, in one chunk)."""
+
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class UsageInfo(BaseModel):
@@ -323,14 +389,15 @@ class UsageInfo(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -351,6 +418,7 @@ class ChunkDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_nulls(self, handler: Any) -> dict:
@@ -360,7 +428,7 @@ class ChunkDelta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChunkDelta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
@@ -379,7 +447,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionChoice(BaseModel):
     text: str
     index: int = 0
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
