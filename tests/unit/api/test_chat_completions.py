@@ -257,3 +257,26 @@ def test_full_queue_is_a_real_429_with_retry_after(make_app, engine, check_error
         response = chat(c, stream=stream)
     check_error(response, 429, type_="rate_limit_error")
     assert response.headers["retry-after"] == "2"
+
+
+def test_n_choices_equal_separate_seeded_requests(client):
+    together = chat(client, n=3, seed=11, temperature=1.0, max_tokens=6).json()
+    assert [c["index"] for c in together["choices"]] == [0, 1, 2]
+    alone = [chat(client, seed=11 + i, temperature=1.0, max_tokens=6).json()["choices"][0]["message"]["content"]
+             for i in range(3)]
+    assert [c["message"]["content"] for c in together["choices"]] == alone
+    assert together["usage"]["prompt_tokens"] == chat(client, max_tokens=1).json()["usage"]["prompt_tokens"]
+
+
+def test_a_json_schema_answer_always_parses_and_validates(client):
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["ok", "n"],
+              "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+    for seed in range(5):
+        reply = chat(client, seed=seed, temperature=1.0, max_tokens=40,
+                     response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}).json()
+        assert reply["choices"][0]["finish_reason"] == "stop", reply
+        jsonschema.validate(json.loads(reply["choices"][0]["message"]["content"]), schema)
