@@ -89,8 +89,9 @@ def test_a_whole_job_with_the_openai_client(server, tmp_path):
     assert checkpoints[0].metrics.train_loss is not None and checkpoints[0].fine_tuning_job_id == job.id
 
     assert job.cluster_id == ft.json()["id"]
-    with pytest.raises(openai.BadRequestError):  # not hosted yet
-        client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+    right_away = client.chat.completions.create(  # callable at once, on the tenancy's hosting capacity
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert right_away.model == job.fine_tuned_model and right_away.usage.completion_tokens >= 1
     endpoint = admin.post("/v1/endpoints", json={"name": "colors", "cluster_id": hosting.json()["id"],
                                                  "model": job.fine_tuned_model})
     assert endpoint.status_code == 201, endpoint.text

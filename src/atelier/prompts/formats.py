@@ -41,7 +41,7 @@ class RenderedPrompt:
 # ---------------------------------------------------------------- validation
 
 
-def _content_text(content: object, param: str) -> str:
+def content_text(content: object, param: str) -> str:
     """A message's content as one string: a string, or OpenAI text parts joined by newlines."""
     if isinstance(content, str):
         return content
@@ -88,7 +88,7 @@ def normalize_messages(messages: Sequence[Mapping]) -> list[dict]:
             raise InvalidInput(f"role must be one of {allowed}; got {got!r}", param=f"messages[{i}].role")
         if role == "system" and i > 0:
             raise InvalidInput("a system message may only come first", param=f"messages[{i}].role")
-        out.append({"role": role, "content": _content_text(message.get("content"), f"messages[{i}].content")})
+        out.append({"role": role, "content": content_text(message.get("content"), f"messages[{i}].content")})
     return out
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atelier.errors import InvalidInput
+from atelier.prompts.formats import content_text
 
 TOOLS_PROMPT = (
     "You may call functions to answer. Their signatures are in the <tools></tools> block below.\n"
@@ -80,14 +81,14 @@ def with_tools(messages: Sequence[Mapping[str, Any]], functions: Mapping[str, Ma
         Messages that any chat format renders.
     """
     out: list[dict] = []
-    for message in messages:
+    for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if role == "assistant" and message.get("tool_calls"):
-            text = _text_parts(content)
+            text = _text_parts(content, i)
             calls = [_call_text(call) for call in message["tool_calls"]]
             out.append({"role": "assistant", "content": "\n".join(([text] if text else []) + calls)})
         elif role == "tool":
-            response = f"<tool_response>\n{_text_parts(content)}\n</tool_response>"
+            response = f"<tool_response>\n{_text_parts(content, i)}\n</tool_response>"
             previous = out[-1] if out else None
             if previous and previous["role"] == "user" and str(previous["content"]).startswith("<tool_response>"):
                 previous["content"] += "\n" + response  # parallel calls' results: one turn
@@ -99,20 +100,15 @@ def with_tools(messages: Sequence[Mapping[str, Any]], functions: Mapping[str, Ma
         block = TOOLS_PROMPT.format(tools="\n".join(json.dumps({"type": "function", "function": f}, sort_keys=True)
                                                     for f in functions.values()))
         if out and out[0]["role"] in ("system", "developer"):
-            out[0] = {"role": out[0]["role"], "content": f"{_text_parts(out[0]['content'])}\n\n{block}"}
+            out[0] = {"role": out[0]["role"], "content": f"{_text_parts(out[0]['content'], 0)}\n\n{block}"}
         else:
             out.insert(0, {"role": "system", "content": block})
     return out
 
 
-def _text_parts(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    return str(content)
+def _text_parts(content: Any, index: int) -> str:
+    """A message's text (None: empty), checked as every message's content is (400 naming ``messages[i].content``)."""
+    return "" if content is None else content_text(content, f"messages[{index}].content")
 
 
 def _call_text(call: Mapping[str, Any]) -> str:

@@ -65,3 +65,12 @@ def test_a_forced_call_schema_accepts_only_calls_with_valid_arguments():
     either = call_schema(functions)
     jsonschema.validate({"name": "get_time", "arguments": {}}, either)
     assert json.loads(json.dumps(either))["anyOf"][0]["properties"]["name"] == {"const": "get_weather"}
+
+
+def test_tool_turns_are_checked_like_every_message():
+    with pytest.raises(InvalidInput) as refused:
+        with_tools([{"role": "user", "content": "hi"}, {"role": "tool", "content": [{"type": "image_url"}]}], {})
+    assert refused.value.param == "messages[1].content[0].type"
+    with pytest.raises(InvalidInput):
+        with_tools([{"role": "assistant", "content": [{"type": "text"}], "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}], {})
