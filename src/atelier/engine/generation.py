@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atelier.engine.types import FinishReason, GenerationRequest, TokenEvent, TokenLogprob, Usage
+from atelier.engine.types import (
+    LOOP_NGRAM,
+    LOOP_REPEATS,
+    FinishReason,
+    GenerationRequest,
+    TokenEvent,
+    TokenLogprob,
+    Usage,
+)
 
 REPLACEMENT = "\ufffd"
 
@@ -93,6 +101,17 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     aborted: bool = False
+    stopped_by: str | None = None
+    ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
+    """Occurrences of each ``LOOP_NGRAM`` of the output, for the loop guard."""
+
+    def _repeating(self) -> bool:
+        """Whether the output's last ``LOOP_NGRAM`` tokens have now occurred ``LOOP_REPEATS`` times."""
+        if len(self.output_ids) < LOOP_NGRAM:
+            return False
+        gram = tuple(self.output_ids[-LOOP_NGRAM:])
+        self.ngrams[gram] = self.ngrams.get(gram, 0) + 1
+        return self.ngrams[gram] >= LOOP_REPEATS
 
     @property
     def prompt_len(self) -> int:
@@ -130,11 +149,15 @@ class Sequence:
             if self.stream.stopped or complete:
                 self.finish_reason = "stop"
                 text += self.stream.flush()
+            elif self.request.params.loop_guard and self._repeating():
+                self.finish_reason, self.stopped_by = "stop", "repetition"
+                text += self.stream.flush()
             elif len(self.output_ids) >= self.max_new:
                 self.finish_reason = "length"
                 text += self.stream.flush()
         logprobs = (logprob,) if logprob is not None else ()
         prompt_logprobs, self.prompt_logprobs = self.prompt_logprobs, None
         if self.finish_reason is not None:
-            return TokenEvent(text, (token_id,), self.finish_reason, self.usage(), logprobs, prompt_logprobs)
+            return TokenEvent(text, (token_id,), self.finish_reason, self.usage(), logprobs, prompt_logprobs,
+                              self.stopped_by)
         return TokenEvent(text, (token_id,), logprobs=logprobs, prompt_logprobs=prompt_logprobs)

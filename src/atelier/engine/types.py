@@ -48,6 +48,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     """None: none; ``k >= 0``: every prompt token's log probability (the first has none) and the ``k``
     most likely at its position (``echo`` of text completions)."""
+    loop_guard: bool = False
+    """End the generation (``stop``, ``TokenEvent.stopped_by = "repetition"``) once it repeats itself:
+    its last ``LOOP_NGRAM`` tokens have occurred ``LOOP_REPEATS`` times in the output."""
 
 
 ConstraintKind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
@@ -92,6 +95,8 @@ class Usage:
 
 
 FinishReason = Literal["stop", "length", "abort"]
+LOOP_NGRAM = 4
+LOOP_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,8 @@ class TokenEvent:
     usage: Usage | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    stopped_by: Literal["repetition"] | None = None
+    """On the last event: what ended a ``stop`` that was not the model's (the loop guard)."""
 
 
 TruncateMode = Literal["NONE", "START", "END"]

@@ -62,3 +62,28 @@ def test_possible_stop_prefix_is_held_back_then_released():
 )
 def test_held_back(text, stops, n):
     assert _held_back(text, stops) == n
+
+
+def _sequence(loop_guard: bool, max_new: int = 100):
+    from atelier.engine.generation import Sequence
+    from atelier.engine.types import GenerationRequest, SamplingParams
+
+    request = GenerationRequest("r", [1], SamplingParams(max_tokens=max_new, loop_guard=loop_guard))
+    return Sequence(request=request, stream=TextStream(TOK), eos_ids=frozenset(), max_new=max_new)
+
+
+def test_the_loop_guard_stops_a_generation_that_repeats_itself():
+    looping = TOK.encode("abcd" * 10)
+    seq = _sequence(loop_guard=True)
+    events = []
+    for token in looping:
+        events.append(seq.append(token))
+        if seq.finish_reason:
+            break
+    assert events[-1].finish_reason == "stop" and events[-1].stopped_by == "repetition"
+    assert len(seq.output_ids) == 4 * 3  # "abcd" seen a third time
+    assert "".join(e.text for e in events) == "abcd" * 3
+    plain = _sequence(loop_guard=False)
+    assert not any(plain.append(t).finish_reason for t in looping)  # off: it runs to max_tokens
+    varied = _sequence(loop_guard=True)
+    assert not any(varied.append(t).finish_reason for t in TOK.encode("the quick brown fox jumps over the lazy dog"))
