@@ -91,7 +91,9 @@ def create_app(
     limit = upload_limit(settings)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes,
-        routes={("POST", "/v1/files"): limit, ("POST", "/v1/knowledge-bases/{knowledge_base_id}/documents"): limit},
+        routes={("POST", "/v1/files"): limit, ("POST", "/v1/knowledge-bases/{knowledge_base_id}/documents"): limit,
+                ("POST", "/v1/knowledge-bases/{knowledge_base_id}/documents/batch"):
+                    upload_limit(settings, files=kb_documents.BATCH_BODY_FILES)},
     )  # fmt: skip
     install_error_handlers(app)  # its catch-all middleware wraps the body limit too
     app.add_middleware(AuditMiddleware)  # sees the final status of every response

@@ -148,6 +148,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/knowledge-bases/{knowledge_base_id}"): policy("knowledge-bases", "get"),
     ("DELETE", "/v1/knowledge-bases/{knowledge_base_id}"): policy("knowledge-bases", "delete"),
     ("POST", "/v1/knowledge-bases/{knowledge_base_id}/documents"): policy("knowledge-bases", "update"),
+    ("POST", "/v1/knowledge-bases/{knowledge_base_id}/documents/batch"): policy("knowledge-bases", "update"),
     ("GET", "/v1/knowledge-bases/{knowledge_base_id}/documents"): policy("knowledge-bases", "get"),
     ("GET", "/v1/knowledge-bases/{knowledge_base_id}/documents/{document_id}"): policy("knowledge-bases", "get"),
     ("DELETE", "/v1/knowledge-bases/{knowledge_base_id}/documents/{document_id}"): policy("knowledge-bases", "update"),

@@ -42,6 +42,28 @@ class Documents(Resource):
         response = self._http.upload(self.route(kb_id), path, filename, form)
         return response.json(), response.status_code == 201
 
+    def add_many(self, kb_id: str, files: list[tuple[str, bytes]], *, tags: list[str] | None = None
+                 ) -> dict[str, Any]:
+        """``POST /v1/knowledge-bases/{id}/documents/batch``: several documents in one request.
+
+        Args:
+            kb_id: The knowledge base.
+            files: ``(filename, bytes)`` of each document, 1 to 100 of them.
+            tags: Labels searches can filter on, for all of them.
+
+        Returns:
+            ``{"object": "list", "data": [...], "uploaded", "failed"}``: per file, in the order
+            given, its ``filename``, ``status`` (``created``, ``unchanged`` or ``failed``) and its
+            ``document`` or its ``error``. A bad file is an entry, not an exception.
+
+        Raises:
+            ApiError: The whole request was refused (no file, more than 100, bad tags, an
+                unknown knowledge base, a body over the batch limit).
+        """
+        form = {"tags": ",".join(tags)} if tags else None
+        parts = [("files", (filename, data)) for filename, data in files]
+        return self._http.send("POST", f"{self.route(kb_id)}/batch", files=parts, data=form).json()
+
     def get(self, kb_id: str, document_id: str) -> dict[str, Any]:
         """``GET /v1/knowledge-bases/{id}/documents/{document_id}``."""
         return self._http.request("GET", self.route(kb_id, document_id))

@@ -8,6 +8,11 @@ when it is new and ``200`` when the same bytes were already there (nothing is do
 Its ``state`` goes ``pending`` → ``ingesting`` → ``ready`` (or ``failed`` with ``error``),
 with ``progress`` in chunks while it is ingested.
 
+``POST .../documents/batch`` takes up to :data:`MAX_BATCH_FILES` parts ``files`` (and
+``tags``, for all of them) and handles each like the single upload, in the order sent: a
+file that is empty, of an unsupported type or over ``max_file_bytes`` is reported in its
+entry of the answer and the others go through.
+
 Policies decide on the knowledge base (resource type ``knowledge-bases``): listing and
 reading documents need ``read`` (operation ``get``), uploading and deleting need ``use``
 (operation ``update``). The knowledge base is checked before the body is read, so a
@@ -26,10 +31,11 @@ from starlette.concurrency import run_in_threadpool
 
 from atelier.api.deps import GuardDep, ServicesDep
 from atelier.api.envelopes import Deleted, unix
-from atelier.api.uploads import multipart_body, read_form
+from atelier.api.uploads import FormFile, multipart_body, read_form
 from atelier.cloud.knowledge_bases import KnowledgeBaseService
-from atelier.errors import InvalidInput
+from atelier.errors import InvalidInput, TooLarge
 from atelier.principal import Principal
+from atelier.store.knowledge_bases import clean_tags
 from atelier.store.tables import KbDocument
 
 router = APIRouter(tags=["knowledge-bases"])
@@ -37,11 +43,17 @@ router = APIRouter(tags=["knowledge-bases"])
 KNOWLEDGE_BASES = "knowledge-bases"
 
 FILE_FIELD = "file"
+FILES_FIELD = "files"
+MAX_BATCH_FILES = 100
+"""Most files in one batch upload."""
+BATCH_BODY_FILES = 4
+"""A batch upload's body may be as large as this many files of ``max_file_bytes`` (plus the form)."""
 
-UPLOAD_BODY = multipart_body(FILE_FIELD, "The document: .txt, .md, .html, .pdf or .docx.", {
-    "tags": {"type": "string", "maxLength": 4096,
-             "description": 'Tags to filter searches on: a JSON list (["hr", "2024"]) or "hr,2024".'},
-})  # fmt: skip
+TAGS_FIELD = {"tags": {"type": "string", "maxLength": 4096,
+                       "description": 'Tags to filter searches on: a JSON list (["hr", "2024"]) or "hr,2024".'}}
+UPLOAD_BODY = multipart_body(FILE_FIELD, "The document: .txt, .md, .html, .pdf or .docx.", TAGS_FIELD)
+BATCH_BODY = multipart_body(FILES_FIELD, "The documents: .txt, .md, .html, .pdf or .docx, one part each.",
+                            TAGS_FIELD, max_files=MAX_BATCH_FILES)
 
 
 class Progress(BaseModel):
@@ -74,6 +86,33 @@ class DocumentOut(BaseModel):
 class DocumentList(BaseModel):
     object: Literal["list"] = "list"
     data: list[DocumentOut]
+
+
+class BatchError(BaseModel):
+    """Why one file of a batch was refused: the single upload's error, its ``param`` ``files`` for the file."""
+
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+class BatchEntry(BaseModel):
+    """What became of one file of a batch upload."""
+
+    filename: str | None = Field(description="The part's file name as sent.")
+    status: Literal["created", "unchanged", "failed"] = Field(
+        description="`unchanged`: the same bytes were already there; `failed`: see `error`.")
+    document: DocumentOut | None = Field(None, description="The document (not for a failed file).")
+    error: BatchError | None = Field(None, description="Why the file was refused (a failed file only).")
+
+
+class BatchUpload(BaseModel):
+    """The files of a batch upload, in the order sent."""
+
+    object: Literal["list"] = "list"
+    data: list[BatchEntry]
+    uploaded: int = Field(description="Files created or unchanged.")
+    failed: int = Field(description="Files refused.")
 
 
 def document_out(service: KnowledgeBaseService, principal: Principal, row: KbDocument) -> DocumentOut:
@@ -125,6 +164,53 @@ async def upload_document(knowledge_base_id: str, request: Request, services: Se
                                      data=form.data, tags=tags)
     body = document_out(service, guard.principal, upload.document)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if upload.created else 200)
+
+
+@router.post("/knowledge-bases/{knowledge_base_id}/documents/batch", response_model=BatchUpload,
+             summary="Upload several documents", openapi_extra=BATCH_BODY)
+async def upload_documents(knowledge_base_id: str, request: Request, services: ServicesDep,
+                           guard: GuardDep) -> BatchUpload:
+    """Upload up to 100 documents at once (multipart: parts `files`, optional `tags` for all of them).
+
+    Each file is handled like a single upload, in the order sent. One that is empty, of an
+    unsupported type or over `max_file_bytes` is a `failed` entry with its error (its bytes
+    are dropped as they arrive) and the others go through: the answer is `200` whatever
+    became of each file. The whole request is refused (400, `param` `files`) when it is
+    not multipart, is malformed, or holds no file or more than 100; a bad `tags` is refused
+    (400, `param` `tags`) before any file is stored. The body may hold at most four files
+    of `max_file_bytes` in all (4 × `max_file_bytes` plus 64 KiB of form; never less than
+    `max_body_bytes`): larger is 413 for the whole request.
+    """
+    kb = await run_in_threadpool(guard.load, KNOWLEDGE_BASES, knowledge_base_id, "update")
+    limit = services.settings.max_file_bytes
+    form = await read_form(request, file_field=FILES_FIELD, max_file_bytes=limit, max_files=MAX_BATCH_FILES)
+    if not form.files:
+        raise InvalidInput(f"no file: send each as a multipart part {FILES_FIELD!r}", param=FILES_FIELD)
+    tags = clean_tags(parse_tags(form.fields.get("tags")))
+    entries: list[BatchEntry] = []
+    while form.files:
+        sent = form.files.pop(0)  # its bytes go once it is stored
+        entries.append(await _add_one(services.knowledge_bases, guard.principal, kb.id, sent, tags, limit))
+    failed = sum(entry.status == "failed" for entry in entries)
+    return BatchUpload(data=entries, uploaded=len(entries) - failed, failed=failed)
+
+
+async def _add_one(service: KnowledgeBaseService, principal: Principal, kb_id: str, sent: FormFile,
+                   tags: list[str], limit: int) -> BatchEntry:
+    """One file of a batch: its document, or its refusal (an ``InvalidInput`` of the file's own)."""
+    try:
+        if sent.too_large:
+            name = f"{sent.filename}: " if sent.filename else ""
+            raise TooLarge(f"{name}the file is larger than the limit of {limit} bytes")
+        upload = await run_in_threadpool(service.add_document, principal, kb_id, filename=sent.filename,
+                                         data=sent.data, tags=tags)
+    except InvalidInput as exc:
+        param = FILES_FIELD if exc.param in (None, FILE_FIELD) else exc.param
+        return BatchEntry(filename=sent.filename, status="failed",
+                          error=BatchError(message=exc.message, code=exc.code, param=param))
+    document = await run_in_threadpool(document_out, service, principal, upload.document)
+    return BatchEntry(filename=sent.filename, status="created" if upload.created else "unchanged",
+                      document=document)
 
 
 @router.get("/knowledge-bases/{knowledge_base_id}/documents", response_model=DocumentList,
