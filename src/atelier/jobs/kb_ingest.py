@@ -8,7 +8,9 @@ Runs in a worker process. For one document it:
    them into chunks of at most ``chunk_size`` tokens of the embedding model
    (``rag.chunking``);
 3. embeds the chunks in batches (``search_document``) with the engine's embedder and adds
-   them to the vector store, with a progress event (chunks done / total) per batch;
+   them to the vector store, with a progress event (chunks done / total) per batch; the
+   writes of a batch overlap the embedding of the next (``rag.pipeline``: same batches,
+   same order, one write in flight);
 4. marks the row ``ready`` and removes the versions it replaces (same file name) in one
    transaction, then their chunks and sealed bytes.
 
@@ -33,6 +35,7 @@ from atelier.jobs.context import JobContext, JobStopped, one_line
 from atelier.rag.chunking import chunk
 from atelier.rag.indexing import StoredChunk, VectorStore, chunk_id
 from atelier.rag.loaders import extract
+from atelier.rag.pipeline import embed_and_write
 from atelier.store import knowledge_bases as repo
 from atelier.store.db import Database
 from atelier.store.objects import ObjectStore
@@ -132,22 +135,31 @@ class KbIngestHandler:
         ctx.emit(f"{len(extracted.text)} characters of text in {total} chunks",
                  {"type": "progress", "chunks_done": 0, "chunks_total": total})
         tags = tuple(doc.tags or ())
-        for begin in range(0, total, BATCH):
-            ctx.raise_if_stopped()
-            batch = pieces[begin:begin + BATCH]
-            stored = [
-                StoredChunk(chunk_id=chunk_id(doc.id, c.position), document_id=doc.id, filename=doc.filename,
-                            position=c.position, text=c.text, start=c.start, end=c.end, heading=c.heading, tags=tags)
-                for c in batch
-            ]  # fmt: skip
+        batches = [pieces[begin:begin + BATCH] for begin in range(0, total, BATCH)]
+        done = 0
+
+        def embed(batch) -> np.ndarray:
             result = embedder.embed([c.text for c in batch], truncate="END", input_type="search_document")
             vectors = np.asarray(result.vectors, dtype=np.float32)  # (n, d)
             if vectors.shape != (len(batch), kb.dimensions):
                 raise ValueError(f"the embedder returned vectors of shape {vectors.shape}, "
                                  f"expected ({len(batch)}, {kb.dimensions})")
+            return vectors
+
+        def write(batch, vectors: np.ndarray) -> None:
+            stored = [
+                StoredChunk(chunk_id=chunk_id(doc.id, c.position), document_id=doc.id, filename=doc.filename,
+                            position=c.position, text=c.text, start=c.start, end=c.end, heading=c.heading, tags=tags)
+                for c in batch
+            ]  # fmt: skip
             self._vectors.add(scope, stored, vectors)
-            done = begin + len(batch)
+
+        def written(batch) -> None:
+            nonlocal done
+            done += len(batch)
             ctx.emit(f"{done}/{total} chunks embedded", {"type": "progress", "chunks_done": done, "chunks_total": total})
+
+        embed_and_write(batches, embed, write, written=written, check=ctx.raise_if_stopped)
         return len(extracted.text), total
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 
@@ -47,6 +48,9 @@ BM25_WEIGHTS = (1.0, 0.5)
 
 PRUNE_ABOVE = 1000
 """Chunks above which query words present in half the chunks or more only fill ``top_k`` (see the module)."""
+
+STATS_SECONDS = 5.0
+"""How long the chunk count and document frequencies of a knowledge base are reused (see the module)."""
 
 _BATCH = 500  # rows per IN (...) list: far under SQLite's bound-parameter limit
 _WORD = re.compile(r"[^\W_]+")
@@ -130,8 +134,8 @@ class KeywordIndex:
                 "database; with PostgreSQL use vector_store 'pgvector'"
             )
         self.db = db
-        self._df: dict[str, tuple[tuple[int, int], dict[str, int]]] = {}
-        """Per FTS table: (chunk count, largest row id) when cached → word → chunks holding it."""
+        self._df: dict[str, tuple[float, int, dict[str, int]]] = {}
+        """Per FTS table: (monotonic time the entry expires, chunk count, word → chunks holding it)."""
         self._df_lock = threading.Lock()
 
     # -- schema ----------------------------------------------------------------------------
@@ -155,10 +159,16 @@ class KeywordIndex:
 
     def drop(self, scope: Scope) -> None:
         """Remove every chunk of the knowledge base and its FTS5 table."""
+        self._forget(scope)
         with self.db.session() as s:
             s.execute(text(f'DROP TABLE IF EXISTS "{fts_table(scope)}_vocab"'))
             s.execute(text(f'DROP TABLE IF EXISTS "{fts_table(scope)}"'))
             s.execute(delete(KbChunk).where(*self._in_scope(scope)))
+
+    def _forget(self, scope: Scope) -> None:
+        """Drop the cached statistics of the knowledge base (this process writes it)."""
+        with self._df_lock:
+            self._df.pop(fts_table(scope), None)
 
     @staticmethod
     def _in_scope(scope: Scope):
@@ -173,6 +183,7 @@ class KeywordIndex:
         ids = [c.chunk_id for c in chunks]
         if len(set(ids)) != len(ids):
             raise InvalidInput("chunk ids repeat within one add", param="chunks")
+        self._forget(scope)
         with self.db.session() as s:
             table = self._create(s, scope)
             for batch in _batches(ids):
@@ -226,6 +237,7 @@ class KeywordIndex:
     def delete_documents(self, scope: Scope, document_ids: Sequence[str]) -> int:
         """Remove the documents' chunks and index entries; returns the chunks removed."""
         removed = 0
+        self._forget(scope)
         with self.db.session() as s:
             table = self._create(s, scope)
             for batch in _batches(list(document_ids)):
@@ -309,15 +321,17 @@ class KeywordIndex:
         """``words`` as (informative, common): common are those held by half the chunks or more,
         once the knowledge base has more than ``PRUNE_ABOVE`` chunks (their BM25 idf is 1e-6).
         Words the vocabulary does not list under that spelling count as informative."""
-        stamp = tuple(
-            s.execute(select(func.count(), func.coalesce(func.max(KbChunk.id), 0)).where(*self._in_scope(scope))).one()
-        )
-        n = stamp[0]
-        if n <= PRUNE_ABOVE:
-            return words, []
+        now = time.monotonic()
         with self._df_lock:
             cached = self._df.get(table)
-            df = cached[1] if cached is not None and cached[0] == stamp else {}
+        if cached is None or cached[0] <= now:
+            n = int(s.execute(select(func.count()).select_from(KbChunk).where(*self._in_scope(scope))).scalar_one())
+            cached = (now + STATS_SECONDS, n, {})
+        expires, n, df = cached
+        if n <= PRUNE_ABOVE:
+            with self._df_lock:
+                self._df[table] = cached
+            return words, []
         missing = [w for w in words if w not in df]
         if missing:
             names = ", ".join(f":w{i}" for i in range(len(missing)))
@@ -328,8 +342,8 @@ class KeywordIndex:
                 ).all()
             )
             df = {**df, **{w: int(found.get(w, 0)) for w in missing}}
-            with self._df_lock:
-                self._df[table] = (stamp, df)  # type: ignore[assignment]
+        with self._df_lock:
+            self._df[table] = (expires, n, df)
         return [w for w in words if 2 * df[w] < n], [w for w in words if 2 * df[w] >= n]
 
     @staticmethod

