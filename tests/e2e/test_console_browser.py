@@ -2,7 +2,8 @@
 
 A person's path: open the console, create a knowledge base, upload a Markdown file, wait
 until the page shows it ingested, search it, ask a question, read the answer and the
-numbered source naming the file. Then a wrong key typed in the sidebar shows the API's 401
+numbered source naming the file; the same question answered extractively (the document's
+own sentence, quoted). Then a wrong key typed in the sidebar shows the API's 401
 as an error. A screenshot of each step lands in the test's tmp dir.
 """
 
@@ -80,6 +81,14 @@ def test_create_upload_ask_and_see_cited_sources(page, tmp_path):
     shot = shots / "2-answer.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
+
+    # The same question answered extractively: the document's own sentence, quoted, no model.
+    page.get_by_text("Extractive", exact=True).click()
+    page.get_by_role("button", name="Ask", exact=True).click()
+    expect(answer).to_contain_text("Its lamp can be seen from 22 nautical miles away. [1]", timeout=ANSWER_TIMEOUT_MS)
+    expect(answer).to_contain_text("quoted from the sources")
+    expect(sources).to_contain_text(FILENAME)
+    page.screenshot(path=str(shots / "2b-extractive.png"))
 
     # A wrong key typed in the sidebar: the API's 401, shown as such.
     key = sidebar.get_by_label("API key")

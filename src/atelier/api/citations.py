@@ -55,7 +55,6 @@ def passage_out(hit: Hit) -> Passage:
                    rank=hit.rank, similarity=hit.similarity)
 
 
-def citations_out(found: tuple[list[Citation], str]) -> list[CitationOut]:
-    """The API objects of an answer's citations (``cloud.grounding.Grounding.cite``'s result)."""
-    citations, how = found
-    return [CitationOut(**vars(citation), found_by=how) for citation in citations]
+def citations_out(citations: list[Citation], found_by: str) -> list[CitationOut]:
+    """The API objects of an answer's citations (``cloud.grounding.Answered``'s)."""
+    return [CitationOut(**vars(citation), found_by=found_by) for citation in citations]

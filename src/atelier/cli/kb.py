@@ -69,6 +69,12 @@ def collect_files(paths: list[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
     return list(dict.fromkeys(files)), refused
 
 
+def _reason(doc: dict[str, Any]) -> str:
+    """``name: why`` of a failed document (the API's message may name the file already)."""
+    name, error = Path(doc["filename"]).name, str(doc.get("error") or "failed")
+    return error if error.startswith(f"{name}:") else f"{name}: {error}"
+
+
 def failed_row(path: Path, reason: str) -> dict[str, Any]:
     """The row shown for a file that was not uploaded."""
     return {"id": None, "filename": str(path), "state": "failed", "error": reason, "unchanged": False}
@@ -171,7 +177,7 @@ def add(
     show(docs + refused, DOC_COLUMNS, raw)
     failed = [d for d in docs + refused if d["state"] == "failed"]
     if not raw:  # --json: the rows say it all
-        reasons = "; ".join(f"{Path(d['filename']).name}: {d['error']}" for d in failed)
+        reasons = "; ".join(_reason(d) for d in failed)
         console.print(f"{len(uploaded)} of {total} uploaded" + (f", {len(failed)} failed: {reasons}" if failed else ""))
     if failed and (wait or refused):
         raise typer.Exit(1)
@@ -237,12 +243,15 @@ def ask(
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", help="Passages given to the model.")] = None,
     mode: Annotated[str | None, typer.Option("--mode", "-m", help="dense, keyword or hybrid.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Most tokens of the answer.")] = None,
+    answer_mode: Annotated[str | None, typer.Option(
+        "--answer-mode", "-a", help="generative (the model answers), extractive (the passages' own sentences, "
+        "no model) or structured (the model answers inside a JSON Schema with its citations).")] = None,
     raw: JsonOpt = False,
 ) -> None:
     """Answer a question from a knowledge base, citing its sources."""
     client = client_for(ctx)
     result = client.knowledge_bases.ask(resolve_kb(client, kb), question, model=model, top_k=top_k, mode=mode,
-                                        max_tokens=max_tokens)
+                                        max_tokens=max_tokens, answer_mode=answer_mode)
     if raw:
         print_json(result)
         return
@@ -251,6 +260,8 @@ def ask(
         typer.echo("\nSources:")
         for c in result["citations"]:
             typer.echo(f"[{c['index']}] {_source(c)}: {_snippet(c['text'])}")
+    if result.get("dropped_citations"):
+        typer.echo(f"({result['dropped_citations']} citation(s) of no passage dropped)")
 
 
 @kb_app.command("delete")

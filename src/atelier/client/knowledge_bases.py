@@ -105,12 +105,14 @@ class KnowledgeBases(Collection):
         return self._http.request("POST", self.item(kb_id, "query"), body).get("data") or []
 
     def ask(self, kb_id: str, question: str, **options: Any) -> dict[str, Any]:
-        """``POST /v1/knowledge-bases/{id}/answer``: ``{"answer", "citations", "passages", "model", "usage"}``.
+        """``POST /v1/knowledge-bases/{id}/answer``: ``{"answer", "citations", "passages", "model", "usage",
+        "answer_mode", "stopped_by", "dropped_citations"}``.
 
         Args:
             kb_id: The knowledge base.
             question: The question.
-            **options: ``model``, ``top_k``, ``mode``, ``rerank``, ``max_tokens``, ``temperature``;
+            **options: ``model``, ``top_k``, ``mode``, ``rerank``, ``max_tokens``, ``temperature``,
+                ``answer_mode`` (``generative``, ``extractive``, ``structured``);
                 ``None`` values are not sent.
         """
         return self._http.request("POST", self.item(kb_id, "answer"), drop_none({"question": question, **options}))

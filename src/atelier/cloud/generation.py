@@ -110,6 +110,9 @@ class Shape:
     param: str = "response_format"
     """The request field named when the engine cannot enforce the constraint."""
     choices: int = 1
+    prefix: str = ""
+    """Text the answer starts with, written for the model after the generation prompt (chat only): the
+    model continues it, and it is part of the answer."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class Prepared:
     served: ServedModel
     request: GenerationRequest
     choices: int = 1
+    prefix: str = ""
+    """The start of every choice's text, written already (``Shape.prefix``)."""
 
     @property
     def prompt_tokens(self) -> int:
@@ -147,6 +152,8 @@ class Outcome:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     """One per generated token, when the request asked for them."""
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    stopped_by: str | None = None
+    """What ended a ``stop`` that was not the model's (``repetition``: the loop guard)."""
 
 def finish_reason(event: TokenEvent) -> str:
     """OpenAI's finish reason for the last event (an abort reads as ``stop``)."""
@@ -171,8 +178,9 @@ class Generation:
 
     @classmethod
     async def start(cls, events: AsyncIterator[TokenEvent], prompt_tokens: int,
-                    on_end: Callable[[Usage | None], None] | None = None) -> Generation:
-        """Await the first event of ``events``, so that the engine's refusals keep their status.
+                    on_end: Callable[[Usage | None], None] | None = None, prefix: str = "") -> Generation:
+        """Await the first event of ``events``, so that the engine's refusals keep their status
+        (``prefix``: text already written, put before the first event's).
 
         Raises:
             Whatever the engine raises before its first event (the stream is closed and
@@ -180,7 +188,8 @@ class Generation:
         """
         generation = cls(events, None, prompt_tokens, on_end)
         try:
-            generation._first = await anext(events)
+            first = await anext(events)
+            generation._first = replace(first, text=prefix + first.text) if prefix else first
         except StopAsyncIteration:
             await generation._end(None)
             raise Unavailable("the engine ended the request without any output") from None
@@ -234,7 +243,7 @@ class Generation:
         finally:
             await self.aclose()
         return Outcome("".join(parts), finish_reason(last) if last is not None else "stop", self.usage, ids,
-                       logprobs, prompt_logprobs)
+                       logprobs, prompt_logprobs, last.stopped_by if last is not None else None)
 
     async def aclose(self) -> None:
         """Abort the engine request if it still runs, then report the usage (once)."""
@@ -288,9 +297,11 @@ class GenerationService:
         served = model if isinstance(model, ServedModel) else await self.resolve(guard, model)
 
         def render() -> list[int]:
-            rendered = render_chat(self.tokenizer(served.spec), messages,
-                                   chat_format=chat_format or served.spec.chat_format)
+            tokenizer = self.tokenizer(served.spec)
+            rendered = render_chat(tokenizer, messages, chat_format=chat_format or served.spec.chat_format)
             self._check(served, shape)
+            if shape.prefix:
+                return list(tokenizer(rendered.text + shape.prefix, add_special_tokens=False)["input_ids"])
             return rendered.ids
 
         return self._prepared(served, await anyio.to_thread.run_sync(render), sampling, limit, id_prefix, shape)
@@ -336,7 +347,7 @@ class GenerationService:
                               max_param=limit.max_param)
         request = GenerationRequest(request_id=new_id(id_prefix), prompt_ids=ids, params=sampling(size),
                                     adapter_slot=served.adapter_slot, constraint=shape.constraint)
-        return Prepared(served, request, shape.choices)
+        return Prepared(served, request, shape.choices, shape.prefix)
 
     async def open(self, principal: Principal, prepared: Prepared) -> Generation:
         """Admit the generation under the tenancy's limits, submit it and await its first event.
@@ -369,4 +380,5 @@ class GenerationService:
         on_end = None
         if self._admission is not None:
             on_end = self._admission.admit(principal, model, prepared.prompt_tokens)
-        return await Generation.start(self._engine.generate(model, request), prepared.prompt_tokens, on_end)
+        return await Generation.start(self._engine.generate(model, request), prepared.prompt_tokens, on_end,
+                                      prefix=prepared.prefix)

@@ -22,6 +22,13 @@ from atelier.client import ApiError, AtelierClient, ServerUnreachable, resolve_a
 from atelier.console.playground import StreamedAnswer
 from atelier.settings import Settings
 
+ANSWER_MODES = {
+    "generative": "the model writes the answer and cites [n]",
+    "extractive": "the passages' own sentences that answer, quoted with their spans (no model, instant)",
+    "structured": "the model answers inside a JSON Schema that requires its citations",
+}
+"""How an answer is made (``answer_mode`` of the API), the default first."""
+
 MODES = ("hybrid", "dense", "keyword")
 """Retrieval modes, the default first."""
 MODE_HELP = {
@@ -253,6 +260,7 @@ class AnswerView:
     citations: list[Source]
     passages: list[Source]
     model: str = ""
+    answer_mode: str = "generative"
 
     @property
     def markdown(self) -> str:
@@ -266,7 +274,7 @@ class AnswerView:
 
 
 def ask(client: AtelierClient, kb_id: str, question: str, mode: str = "hybrid", top_k: int = 5,
-        model: str | None = None, max_tokens: int | None = None) -> AnswerView:
+        model: str | None = None, max_tokens: int | None = None, answer_mode: str = "generative") -> AnswerView:
     """Ask the knowledge base a question: the model's answer and its cited sources.
 
     Args:
@@ -276,16 +284,19 @@ def ask(client: AtelierClient, kb_id: str, question: str, mode: str = "hybrid", 
         mode: How passages are retrieved (``MODES``).
         top_k: Passages given to the model.
         model: Chat model; ``None`` for the server's default.
-        max_tokens: Most tokens of the answer; ``None`` for the model's limit.
+        max_tokens: Most tokens of the answer; ``None`` for the server's default.
+        answer_mode: How the answer is made (``ANSWER_MODES``).
 
     Raises:
         ApiError: The API refused (404 unknown knowledge base, 429, ...).
         ServerUnreachable: No connection.
     """
-    data = client.knowledge_bases.ask(kb_id, question, model=model, top_k=top_k, mode=mode, max_tokens=max_tokens)
+    data = client.knowledge_bases.ask(kb_id, question, model=model, top_k=top_k, mode=mode, max_tokens=max_tokens,
+                                      answer_mode=answer_mode)
     citations = [Source.from_json(c, i) for i, c in enumerate(data.get("citations") or [], start=1)]
     passages = [Source.from_json(p, i) for i, p in enumerate(data.get("passages") or [], start=1)]
-    return AnswerView(str(data.get("answer") or ""), citations, passages, str(data.get("model") or ""))
+    return AnswerView(str(data.get("answer") or ""), citations, passages, str(data.get("model") or ""),
+                      str(data.get("answer_mode") or answer_mode))
 
 
 def search(client: AtelierClient, kb_id: str, query: str, mode: str = "hybrid", top_k: int = 5) -> list[Source]:

@@ -135,13 +135,17 @@ def ask_tab(conn: Connection, kb: dict[str, Any], mode: str, top_k: int) -> None
     with st.form("ask"):
         question = st.text_area("Question", placeholder="What do the documents say about…?")
         model = st.selectbox("Chat model", ["(server default)", *chat_models])
+        answer_mode = st.radio("Answer", list(actions.ANSWER_MODES), horizontal=True,
+                               format_func=lambda m: m.capitalize(), help="\n".join(
+                                   f"- **{m}**: {text}" for m, text in actions.ANSWER_MODES.items()))
         max_tokens = st.number_input("Most answer tokens", min_value=16, max_value=4096, value=MAX_ANSWER_TOKENS,
                                      step=16)
         asked = st.form_submit_button("Ask", type="primary")
     if asked and question.strip():
         with st.spinner("Retrieving passages and writing the answer…"), conn.client() as client:
             chosen = None if model == "(server default)" else model
-            result = call(actions.ask, client, kb["id"], question.strip(), mode, top_k, chosen, int(max_tokens))
+            result = call(actions.ask, client, kb["id"], question.strip(), mode, top_k, chosen, int(max_tokens),
+                          answer_mode)
         st.session_state["last_answer"] = (kb["id"], result) if result is not None else None
     elif asked:
         st.warning("Type a question first.")
@@ -152,8 +156,10 @@ def ask_tab(conn: Connection, kb: dict[str, Any], mode: str, top_k: int) -> None
     with st.container(key="answer"):
         st.subheader("Answer")
         st.markdown(result.markdown)
-        if result.model:
-            st.caption(f"model: {result.model}")
+        if result.answer_mode == "extractive":
+            st.caption("quoted from the sources (extractive, no model)")
+        elif result.model:
+            st.caption(f"model: {result.model} · {result.answer_mode}")
     with st.container(key="sources"):
         st.subheader("Sources")
         if not result.citations:
@@ -192,14 +198,19 @@ def documents_tab(conn: Connection, kb: dict[str, Any]) -> None:
                              key=f"uploader-{round_}")
     tags = st.text_input("Tags (comma-separated, optional)", key=f"tags-{round_}")
     if st.button("Add to the knowledge base", type="primary", disabled=not files):
+        failed = 0
         with conn.client() as client:
             for file in files or []:  # outcomes are flashed: the page reruns right after
                 try:
                     doc, created = actions.upload(client, kb["id"], file.name, file.getvalue(), tags)
                 except (ApiError, ServerUnreachable) as exc:
+                    failed += 1
                     flash(f"{file.name}: {actions.describe_error(exc)}", error=True)
                 else:
                     flash(f"{file.name}: {'queued for ingestion' if created else 'already there'} ({doc.status}).")
+        if len(files or []) > 1:
+            flash(f"{len(files) - failed} of {len(files)} uploaded" + (f", {failed} failed" if failed else "") + ".",
+                  error=bool(failed))
         st.session_state["upload_round"] = round_ + 1  # a fresh, empty uploader
         st.rerun()
     with conn.client() as client:

@@ -91,7 +91,17 @@ def test_create_add_folder_list_query_ask(http, tmp_path, background_worker, kb_
 
     asked = run(http, "ask", "handbook", "How does the bridge connect the virtual machines?", "--model", "scripted")
     assert asked.exit_code == 0, asked.output
-    assert asked.output.startswith(kb_engine.reply) and "Sources:" in asked.output and "[1] network.txt" in asked.output
+    assert asked.output.startswith("According to [1], " + kb_engine.reply)
+    assert "Sources:" in asked.output and "[1] network.txt" in asked.output
+    requests = len(kb_engine.requests)
+    quoted = run(http, "ask", "handbook", "How does the bridge connect the virtual machines?", "--answer-mode",
+                 "extractive", "--json")
+    assert quoted.exit_code == 0, quoted.output
+    answer = json.loads(quoted.output)
+    assert answer["answer_mode"] == "extractive" and answer["citations"][0]["filename"] == "network.txt"
+    assert len(kb_engine.requests) == requests  # quoted from the passages, no model
+    wrong = run(http, "ask", "handbook", "q", "--answer-mode", "poetic")
+    assert wrong.exit_code != 0 and "answer_mode" in wrong.output
 
 
 def test_add_reports_failures_and_refuses_unsupported_files(http, tmp_path, background_worker):

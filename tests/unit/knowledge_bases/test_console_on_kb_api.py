@@ -95,10 +95,16 @@ def test_actions_create_upload_ingest_search_and_ask(admin, drain):
         assert DOC.decode()[hits[0].start:hits[0].end] == hits[0].text  # the span is the passage's
 
         answer = actions.ask(client, kb["id"], "Who was the last keeper?", mode="hybrid", top_k=3, max_tokens=32)
-        assert answer.text == "The answer is in [1]." and answer.model == "scripted"
+        assert answer.text == "According to [1], The answer is in [1]." and answer.model == "scripted"
+        assert answer.answer_mode == "generative"
         assert [(c.index, c.filename) for c in answer.citations] == [(1, "lighthouse.md")]
         assert answer.passages and answer.passages[0].text == answer.citations[0].text
-        assert answer.markdown == r"The answer is in **\[1\]**\."
+        assert answer.markdown == r"According to **\[1\]**, The answer is in **\[1\]**\."
+
+        quoted = actions.ask(client, kb["id"], "Who was the last keeper?", top_k=3, answer_mode="extractive")
+        assert quoted.answer_mode == "extractive" and quoted.citations
+        assert all(f"{c.text} [{c.index}]" in quoted.text for c in quoted.citations)
+        assert all(DOC.decode()[c.start:c.end] == c.text for c in quoted.citations)  # quoted exactly
 
 
 def test_actions_surface_the_api_errors(admin, api_url):
@@ -165,7 +171,7 @@ def test_page_creates_a_kb_shows_ingestion_answers_with_sources_and_errors(api_u
     by_label(at.button, "Ask").click()
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert r"The answer is in **\[1\]**\." in [m.value for m in at.markdown]  # the cited marker in bold
+    assert r"According to **\[1\]**, The answer is in **\[1\]**\." in [m.value for m in at.markdown]  # the cited marker in bold
     assert "[1] lighthouse.md · characters " in texts(at)
 
     # A plain search, in keyword mode, lists passages with their file.

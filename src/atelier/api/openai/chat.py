@@ -88,6 +88,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     if body.knowledge_base is not None:  # grounded in a knowledge base: answer with citations
         if tools.mode != "none" or body.n != 1:
             raise InvalidInput("knowledge_base answers one choice without tools", param="knowledge_base")
+        if body.response_format is not None or body.structured_outputs is not None:
+            raise InvalidInput("knowledge_base has its own answer shape: use knowledge_base.answer_mode "
+                               "\"structured\" instead of response_format", param="response_format")
         return await grounded_chat.complete(request, services, guard, body, messages)
     prepared = await services.generation.prepare_chat(guard, body.model, messages, body.sampling,
                                                       limit=body.limit("messages"), chat_format=body.chat_format,

@@ -2,12 +2,14 @@
 
 The last user message is the question: it is searched in the knowledge base (the caller
 needs ``use`` on it; an id that is not the caller's is a 400 naming ``knowledge_base``),
-and replaced by the grounded user message of ``rag.answer.build_messages`` (fenced
-passages, then the question). The system message becomes the fixed grounding instructions,
-followed by the caller's own system message if there was one; earlier turns are kept. The
-response is a ``chat.completion`` (or its chunks) plus ``citations``: in a stream, on the
-chunk that carries the finish reason. Nothing relevant found: the fixed no-answer text,
-without calling the model. Retrieval and the prompt are ``cloud.grounding``'s.
+and replaced by the grounded user message of ``rag.grounded_prompt.build_messages`` (the
+``<sources>`` block, then the question). The system message becomes the fixed grounding
+instructions, followed by the caller's own system message if there was one; earlier turns
+are kept. ``knowledge_base.answer_mode`` picks generative (default), extractive or
+structured answers (``cloud.grounding``). The response is a ``chat.completion`` (or its
+chunks) plus ``citations``: in a stream, on the chunk that carries the finish reason.
+Nothing relevant found: the fixed no-answer text, without calling the model. Retrieval,
+the answer modes and the citations are ``cloud.grounding``'s.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from atelier.api.openai.choices import ChoiceReader
 from atelier.api.openai.protocol import ChatCompletion, ChatCompletionRequest, KnowledgeBaseOption
 from atelier.api.openai.serving import respond_chat
 from atelier.api.services import Services
-from atelier.cloud.grounding import NO_ANSWER
 from atelier.cloud.knowledge_bases import QueryRequest, SearchFilter
 from atelier.errors import InvalidInput
 from atelier.prompts.formats import normalize_messages
-from atelier.rag.answer import build_messages
+from atelier.rag.grounded_prompt import build_messages
 from atelier.rag.indexing import Hit
 
 
@@ -32,6 +33,8 @@ class GroundedChatCompletion(ChatCompletion):
     """A ``chat.completion`` with the passages its answer cites (Atelier extension)."""
 
     citations: list[CitationOut]
+    answer_mode: str
+    dropped_citations: int
 
 
 def grounded_messages(messages: list[dict], passages: list[Hit]) -> list[dict]:
@@ -77,22 +80,25 @@ async def complete(request: Request, services: Services, guard: Guard, body: Cha
         option = KnowledgeBaseOption(id=option)
     kb = guard.reference("knowledge-bases", option.id, "invoke", "knowledge_base")
     raw = normalize_messages([m.model_dump() for m in body.messages])
-    query = QueryRequest(query=_question(raw)[:8000], mode=option.mode, top_k=option.top_k,
+    question = _question(raw)[:8000]
+    query = QueryRequest(query=question, mode=option.mode, top_k=option.top_k,
                          filter=SearchFilter(document_ids=option.document_ids, tags=option.tags), rerank=option.rerank)
     grounding = services.grounding
     hits = await grounding.search(guard.principal, kb, query)
     ready = await grounding.prepare(
-        guard, kb, hits, mode=option.mode, model=body.model,
+        guard, kb, question, hits, mode=option.mode, model=body.model,
         messages_for=lambda passages: grounded_messages(messages, passages), sampling=body.sampling,
-        limit=body.limit("messages"),
+        limit=body.limit("messages"), answer_mode=option.answer_mode,
     )  # fmt: skip
 
     def extras(text: str) -> dict:
-        cited = citations_out(grounding.cite(text, ready.passages)) if ready.prepared is not None else []
-        return {"citations": [c.model_dump(mode="json") for c in cited]}
+        answered = grounding.read(ready, text)
+        cited = citations_out(answered.citations, answered.found_by)
+        return {"citations": [c.model_dump(mode="json") for c in cited], "answer_mode": option.answer_mode,
+                "dropped_citations": answered.dropped_citations}
 
     top = (body.top_logprobs or 0) if body.logprobs else None
     reader = ChoiceReader(services.generation.tokenizer(ready.served.spec), top_logprobs=top)
     return await respond_chat(request, services.generation, guard.principal, ready.prepared, ready.served, reader,
-                              stream=body.stream, include_usage=body.include_usage, fixed_text=NO_ANSWER,
+                              stream=body.stream, include_usage=body.include_usage, fixed_text=ready.fixed,
                               extras=extras)

@@ -187,6 +187,11 @@ class KnowledgeBaseOption(BaseModel):
     document_ids: list[str] = Field(default_factory=list, max_length=100, description="Only these documents.")
     tags: list[str] = Field(default_factory=list, max_length=32, description="Only documents with one of these tags.")
     rerank: bool = Field(False, description="Rerank a wider pool (MMR) before choosing the passages.")
+    answer_mode: Literal["generative", "extractive", "structured"] = Field(
+        "generative", description="`generative`: the model answers, citing `[n]`; `extractive`: the passages' "
+        "sentences that answer, quoted with their spans, no generation; `structured`: the model answers inside the "
+        "JSON `{\"citations\": [n, …], \"answer\": …}` (the message content is that JSON).",
+    )
 
 
 class ChatCompletionRequest(_Generation):

@@ -22,10 +22,10 @@ from atelier.api.openai.protocol import UsageInfo
 from atelier.api.openai.serving import usage_info
 from atelier.api.streaming import CLIENT_CLOSED, collect
 from atelier.cloud.generation import Limit, new_id
-from atelier.cloud.grounding import NO_ANSWER
+from atelier.cloud.grounding import AnswerMode
 from atelier.cloud.knowledge_bases import KnowledgeBaseCreate, QueryRequest, SearchFilter
 from atelier.engine.types import SamplingParams
-from atelier.rag.answer import build_messages
+from atelier.rag.grounded_prompt import DEFAULT_ANSWER_TOKENS, build_messages
 from atelier.store.tables import KnowledgeBase
 
 router = APIRouter(tags=["knowledge-bases"])
@@ -78,9 +78,16 @@ class AnswerRequest(BaseModel):
     mode: Literal["dense", "keyword", "hybrid"] = Field("hybrid", description="How passages are retrieved.")
     filter: SearchFilter | None = Field(None, description="Document and tag constraints.")
     rerank: bool = Field(False, description="Rerank a wider pool (MMR) before choosing the passages.")
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens of the answer; default the model's limit.")
+    max_tokens: int | None = Field(
+        None, ge=1, description=f"Most tokens of the answer; default {DEFAULT_ANSWER_TOKENS} (or the model's limit)."
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, the same answer every time.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of the sampling (temperature > 0).")
+    answer_mode: AnswerMode = Field(
+        "generative", description="`generative`: the model answers, citing [n]; `extractive`: the passages' "
+        "sentences that best answer, no generation; `structured`: the model answers inside the JSON Schema "
+        "{citations, answer}, so every answer cites valid passages.",
+    )
 
 
 class Answer(BaseModel):
@@ -94,6 +101,11 @@ class Answer(BaseModel):
     passages: list[Passage] = Field(description="Every passage the model was given, numbered from 1 in this order.")
     model: str
     usage: UsageInfo
+    answer_mode: AnswerMode
+    stopped_by: Literal["repetition"] | None = Field(
+        None, description="`repetition`: the answer was caught repeating itself, ended there and cut where the "
+        "loop began.")
+    dropped_citations: int = Field(0, description="[n] the answer wrote for passages it was not given (dropped).")
 
 
 def kb_out(row: KnowledgeBase) -> KnowledgeBaseOut:
@@ -163,18 +175,21 @@ async def answer_question(knowledge_base_id: str, body: AnswerRequest, request: 
         return SamplingParams(max_tokens=limit, temperature=body.temperature, seed=body.seed)
 
     ready = await grounding.prepare(
-        guard, kb, hits, mode=body.mode, model=body.model,
+        guard, kb, body.question, hits, mode=body.mode, model=body.model,
         messages_for=lambda passages: build_messages(body.question, passages), sampling=sampling,
-        limit=Limit(body.max_tokens, "max_tokens", "question"),
+        limit=Limit(body.max_tokens, "max_tokens", "question"), answer_mode=body.answer_mode,
     )  # fmt: skip
-    answer = Answer(id=new_id("kbans"), knowledge_base_id=kb.id, answer=NO_ANSWER, citations=[], passages=[],
-                    model=ready.served.name, usage=UsageInfo(prompt_tokens=0, total_tokens=0))
-    if ready.prepared is None:
-        return answer
-    outcome = await collect(await services.generation.open(guard.principal, ready.prepared), request)
-    if outcome is None:  # the client left
-        return Response(status_code=CLIENT_CLOSED)
-    return answer.model_copy(update={
-        "answer": outcome.text, "citations": citations_out(grounding.cite(outcome.text, ready.passages)),
-        "passages": [passage_out(h) for h in ready.passages], "usage": usage_info(outcome.usage),
-    })  # fmt: skip
+    usage, stopped_by, text = UsageInfo(prompt_tokens=0, total_tokens=0), None, ""
+    if ready.prepared is not None:
+        generation = await services.generation.open(guard.principal, ready.prepared)
+        outcome = await collect(generation, request)
+        if outcome is None:  # the client left
+            return Response(status_code=CLIENT_CLOSED)
+        usage, stopped_by, text = usage_info(outcome.usage), outcome.stopped_by, outcome.text
+    answered = grounding.read(ready, text, stopped_by)
+    return Answer(
+        id=new_id("kbans"), knowledge_base_id=kb.id, answer=answered.text,
+        citations=citations_out(answered.citations, answered.found_by),
+        passages=[passage_out(h) for h in ready.passages], model=ready.served.name, usage=usage,
+        answer_mode=body.answer_mode, stopped_by=stopped_by, dropped_citations=answered.dropped_citations,
+    )  # fmt: skip
