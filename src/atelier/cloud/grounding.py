@@ -57,6 +57,10 @@ MAX_STRUCTURED_ANSWER = 400
 """Characters of a structured answer: one or two sentences, within the default token limit."""
 
 
+NOT_A_QUESTION = r"^[^?]+$"
+"""A structured answer holds no question mark: a small model otherwise answers with the question itself."""
+
+
 def answer_schema(passages: int) -> dict:
     """The JSON Schema of a structured answer over ``passages`` numbered passages: citations first (the
     model picks its sources before it writes), then the answer."""
@@ -65,7 +69,7 @@ def answer_schema(passages: int) -> dict:
         "properties": {
             "citations": {"type": "array", "items": {"type": "integer", "enum": list(range(1, passages + 1))},
                           "minItems": 1, "maxItems": MAX_STRUCTURED_CITATIONS},
-            "answer": {"type": "string", "minLength": 1, "maxLength": MAX_STRUCTURED_ANSWER},
+            "answer": {"type": "string", "minLength": 1, "maxLength": MAX_STRUCTURED_ANSWER, "pattern": NOT_A_QUESTION},
         },
     }  # fmt: skip
 

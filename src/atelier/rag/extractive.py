@@ -9,8 +9,9 @@ whenever retrieval is (and instant next to a generation on a CPU). Sentences are
 where the cosine comes from the knowledge base's embedding model (the caller embeds; it
 carries a question across languages), ``overlap`` is the share of the question's content
 words the sentence holds (an exact term match), and the rank prior prefers the passages the
-retriever put first. The best sentence is taken, and a second one when it follows the first
-in the same passage and scores within ``KEEP`` of it (answers often span two sentences).
+retriever put first. The best sentence is taken, with the sentences that follow it in the same
+passage while they score at least ``KEEP`` of it (answers often span two or three sentences).
+Questions are never answers (an FAQ's heading would match its own question best).
 
 This module knows nothing about models or stores: passages, question and vectors in.
 """
@@ -31,8 +32,11 @@ LEXICAL = 0.3
 """Weight of the question's content words found in the sentence."""
 RANK = 0.05
 """Weight of the passage's retrieval rank (``1 / rank``)."""
-KEEP = 0.9
-"""A second, following sentence is kept when it scores at least this share of the best one."""
+KEEP = 0.8
+"""A following sentence is kept when it scores at least this share of the best one (tuned on the tuning half
+of ``bench/rag_answers.py``)."""
+MAX_SENTENCES = 3
+"""Most sentences of an answer: the best one and up to two that follow it."""
 MIN_WORDS = 3
 """Shorter pieces (a heading, a list marker) are not answers."""
 
@@ -62,10 +66,15 @@ def sentences(hits: list[Hit]) -> list[Sentence]:
             start = begin + len(piece) - len(piece.lstrip())
             stripped = piece.strip()
             begin = after
-            if stripped.startswith("#") or stripped.endswith("?") or len(stripped.split()) < MIN_WORDS:
+            if stripped.startswith("#") or _asks(stripped) or len(stripped.split()) < MIN_WORDS:
                 continue  # a heading, a fragment, or a question (an FAQ's own heading): not an answer
             found.append(Sentence(n, stripped, start, start + len(stripped)))
     return found
+
+
+def _asks(sentence: str) -> bool:
+    """Whether the sentence ends in a question mark (behind closing quotes, brackets or a full stop)."""
+    return sentence.rstrip("\"'”’»)]. ").endswith(("?", "？"))
 
 
 @dataclass(frozen=True)
@@ -104,9 +113,10 @@ def extract(question: str, hits: list[Hit], embed: Callable[[list[str]], np.ndar
     best = int(scores.argmax())
     chosen = [best]
     following = best + 1
-    if (following < len(found) and found[following].index == found[best].index
-            and scores[following] >= KEEP * scores[best]):
+    while (len(chosen) < MAX_SENTENCES and following < len(found) and found[following].index == found[best].index
+           and scores[following] >= KEEP * scores[best]):
         chosen.append(following)
+        following += 1
     picked = [found[i] for i in chosen]
     text = " ".join(f"{s.text} [{s.index}]" for s in picked)
     citations = [_citation(s, hits[s.index - 1]) for s in picked]
