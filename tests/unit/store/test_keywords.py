@@ -125,3 +125,27 @@ def test_words_the_index_holds_are_found_in_any_script(db, text, query):
     index.create(scope)
     index.add(scope, [chunk("d:0", text), chunk("d:1", "autre chose")])
     assert [h.chunk.chunk_id for h in index.search(scope, query, 5)] == ["d:0"]
+
+
+def test_a_filling_hit_never_scores_above_a_ranked_one(db, monkeypatch):
+    """A short chunk repeating a common word would outscore a long one holding a rare word once:
+    it still comes after it (the rare word ranks), and its score is capped at the last ranked one's."""
+    from atelier.store import repos
+
+    with db.session() as s:
+        tenancy = repos.create_tenancy(s, "alpha").id
+    index = KeywordIndex(db)
+    scope = Scope(tenancy, "kb_fill")
+    index.create(scope)
+    chunks = [chunk(f"f:{i}", f"la vanne numéro {i}" if i < 3 else f"autre texte {i}") for i in range(20)]
+    # "vanne" is in 4 chunks of 22: common (COMMON_SHARE) yet with an idf well above 0
+    chunks += [chunk("x:short", "vanne vanne vanne vanne"), chunk("x:long", "joint " + "mot " * 60)]
+    index.add(scope, chunks)
+    monkeypatch.setattr(keywords, "PRUNE_ABOVE", 10)
+    hits = index.search(scope, "joint vanne", 5)
+    assert hits[0].chunk.chunk_id == "x:long" and len(hits) == 5
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    short = {h.chunk.chunk_id: h.score for h in index.search(scope, "vanne", 30)}["x:short"]
+    assert short > hits[0].score  # its own BM25 was above the ranked hit's: the cap held it down
+    assert {h.chunk.chunk_id: h.score for h in hits}.get("x:short", hits[-1].score) <= hits[0].score
