@@ -40,8 +40,9 @@ MAX_SENTENCES = 3
 MIN_WORDS = 3
 """Shorter pieces (a heading, a list marker) are not answers."""
 
-_BOUNDARY = re.compile(r"(?<=[.!?])\s+|\n+")
-"""Between two sentences: white space after a full stop (not inside ``2.1``), or a line break."""
+_BOUNDARY = re.compile(r"(?<=[.!?])\s+(?![?!:;])|\n+")
+"""Between two sentences: white space after a full stop (not inside ``2.1``, nor before French spaced
+punctuation: ``etc. ?``), or a line break."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 from atelier.rag.extractive import extract, sentences
 from atelier.rag.indexing import Hit, StoredChunk
 
-DOC = ("# Pump manual\n\nHow fast does the pump run?\nThe pump runs at 3000 rpm. Its filter must be cleaned every 200 hours of operation. "
+DOC = ("# Pump manual\n\nHow fast does the pump run?\nÀ quoi servent les joints, les vis, etc. ?\nThe pump runs at 3000 rpm. Its filter must be cleaned every 200 hours of operation. "
        "Version 2.1 added a quieter motor.\n\nWarranty lasts two years.")
 
 
