@@ -607,6 +607,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-scale-baseline", action="store_true", help="no LangChain collection at scale")
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat (the scale store stays 100k)")
     ap.add_argument("--no-answers", action="store_true", help="skip the answer-quality section")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated sections to run, e.g. quality,scale (names of SECTIONS without "
+                         "'section_'; default: all)")
     rag_answers.add_arguments(ap)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -645,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         run.details["chunking (not in the ingestion rows), s"] = round(time.perf_counter() - t0, 1)
         for section in SECTIONS:
             if section is section_answers and args.no_answers:
+                continue
+            if args.sections and section.__name__.removeprefix("section_") not in args.sections.split(","):
                 continue
             t0 = time.perf_counter()
             section(run)
