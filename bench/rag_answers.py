@@ -10,7 +10,7 @@ tables reported are on the held-out half (the first ``--questions`` of it). Dire
 
 For each question: ``hybrid`` retrieval, the relevance gate, then an answer in each mode,
 through the code the API runs (``rag.grounded_prompt``, ``cloud.grounding.answer_shape``,
-``guarded`` and ``read_answer``, ``rag.extractive``) on ``LocalEngine`` with the bundled
+``guarded`` with ``markup_tokens``, ``read_answer``, ``rag.extractive``) on ``LocalEngine`` with the bundled
 ``smollm2-135m-instruct``, greedy:
 
 - ``generative``, ``structured`` (the citation JSON Schema through the constrained decoder)
@@ -141,6 +141,7 @@ class Bench:
     top_k: int
     concurrency: int
     rouge: object = None
+    banned: tuple[int, ...] | None = None
 
     def passages(self, scope, question: str, drop: str | None = None):
         """The relevant hybrid passages for ``question`` (``drop``: a document removed from what retrieval returns)."""
@@ -172,7 +173,7 @@ class Bench:
 
     async def answer(self, mode: str, question: str, passages) -> tuple[str, list[str], int, float]:
         """The answer text, the documents it cites, its tokens and seconds."""
-        from atelier.cloud.grounding import answer_shape, guarded, read_answer
+        from atelier.cloud.grounding import answer_shape, guarded, markup_tokens, read_answer
         from atelier.engine.types import SamplingParams
         from atelier.rag.answer import NO_ANSWER
         from atelier.rag.extractive import extract
@@ -196,7 +197,9 @@ class Bench:
             return text.strip(), [], tokens, secs
         shape = answer_shape(mode, question, len(passages))
         ids = self.prompt_ids(build_messages(question, passages), shape.prefix)
-        text, tokens, secs, stopped_by = await self.generate(ids, guarded(plain, None), shape.constraint)
+        if self.banned is None:
+            self.banned = markup_tokens(self.tokenizer)
+        text, tokens, secs, stopped_by = await self.generate(ids, guarded(plain, None, self.banned), shape.constraint)
         answered = read_answer(mode, passages, shape.prefix + text, stopped_by)
         return answered.text, [c.document_id for c in answered.citations], tokens, secs
 

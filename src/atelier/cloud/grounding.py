@@ -7,7 +7,8 @@ reranking) → keep the relevant passages → answer in one of three modes → c
 
 - ``generative`` (default): the grounded prompt (``rag.grounded_prompt``: fixed system
   instructions, sources as data, the question), the answer started for the model
-  (``According to [1],``), stop sequences at the prompt's markers and the engine's loop guard,
+  (``According to [1],``), stop sequences at the prompt's markers, no ``<`` token (the model
+  would copy the sources' markup) and the engine's loop guard,
   through the one generation pipeline (``cloud.generation``: the tenancy's limits, token
   accounting and metrics apply); citations are its ``[n]`` markers (a number no passage
   has is dropped and counted), else the passages it shares content words with;
@@ -27,7 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,7 +50,7 @@ from atelier.rag.indexing import Hit
 from atelier.store.tables import KnowledgeBase
 
 __all__ = ["NO_ANSWER", "AnswerMode", "Answered", "Grounded", "Grounding", "answer_schema", "answer_shape", "guarded",
-           "read_answer"]
+           "markup_tokens", "read_answer"]
 
 AnswerMode = Literal["generative", "extractive", "structured"]
 MAX_STRUCTURED_CITATIONS = 3
@@ -82,11 +83,27 @@ def answer_shape(answer_mode: AnswerMode, question: str, passages: int) -> Shape
     return Shape(prefix=answer_prefix(question) + " ")
 
 
-def guarded(params: SamplingParams, requested: int | None) -> SamplingParams:
-    """An answer's sampling: the prompt's markers as stop sequences, the loop guard on, and at most
-    ``DEFAULT_ANSWER_TOKENS`` when the caller set no limit (``requested`` None)."""
+def guarded(params: SamplingParams, requested: int | None, banned: tuple[int, ...] = ()) -> SamplingParams:
+    """An answer's sampling: the prompt's markers as stop sequences, the loop guard on, at most
+    ``DEFAULT_ANSWER_TOKENS`` when the caller set no limit (``requested`` None), and the ``banned``
+    tokens (``markup_tokens``) never sampled."""
     limit = params.max_tokens if requested is not None else min(params.max_tokens, DEFAULT_ANSWER_TOKENS)
-    return replace(params, max_tokens=limit, stop=tuple(dict.fromkeys(params.stop + ANSWER_STOPS)), loop_guard=True)
+    bias = {**dict(params.logit_bias), **dict.fromkeys(banned, BANNED)}
+    return replace(params, max_tokens=limit, stop=tuple(dict.fromkeys(params.stop + ANSWER_STOPS)), loop_guard=True,
+                   logit_bias=tuple(bias.items()))
+
+
+BANNED = -100.0
+"""OpenAI's ``logit_bias`` for "never"."""
+
+
+def markup_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """The ids of the tokens that write a ``<`` (special tokens aside): an answer has no use for markup,
+    and a small model otherwise copies the prompt's ``<source …>`` tags instead of answering (measured:
+    the stop sequence at ``<source`` then ends it with nothing said)."""
+    special = set(tokenizer.all_special_ids)
+    return tuple(sorted(i for token, i in tokenizer.get_vocab().items()
+                        if i not in special and "<" in tokenizer.convert_tokens_to_string([token])))
 
 
 @dataclass(frozen=True)
@@ -175,6 +192,7 @@ class Grounding:
         self._catalog = catalog
         self._generation = generation
         self._default_model = default_model
+        self._banned: dict[str, tuple[int, ...]] = {}
 
     def _embedder(self, model: str, input_type: str) -> Callable[[list[str]], list[list[float]]]:
         """A blocking ``texts → vectors`` over the async engine (call it from a worker thread)."""
@@ -236,11 +254,19 @@ class Grounding:
                 return Grounded(served, passages, None, answer_mode)
             return Grounded(served, passages, None, answer_mode, found.text, found.citations)
         shape = answer_shape(answer_mode, question, len(passages))
+        banned = await anyio.to_thread.run_sync(self._markup_tokens, served)
         prepared = await self._generation.prepare_chat(
-            guard, served, messages_for(passages), lambda size: guarded(sampling(size), limit.requested), limit=limit,
-            shape=shape,
+            guard, served, messages_for(passages), lambda size: guarded(sampling(size), limit.requested, banned),
+            limit=limit, shape=shape,
         )  # fmt: skip
         return Grounded(served, passages, prepared, answer_mode)
+
+    def _markup_tokens(self, served: ServedModel) -> tuple[int, ...]:
+        """``markup_tokens`` of the served model's tokenizer, computed once per base model (blocking)."""
+        name = served.spec.name
+        if name not in self._banned:
+            self._banned[name] = markup_tokens(self._generation.tokenizer(served.spec))
+        return self._banned[name]
 
     def _extract(self, kb: KnowledgeBase, question: str, passages: list[Hit]):
         """The extractive answer (blocking: embeds the question and the passages' sentences)."""

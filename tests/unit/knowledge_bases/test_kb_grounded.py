@@ -74,6 +74,10 @@ def test_answer_cites_the_passage_and_sends_the_engine_exactly_the_grounded_prom
     rendered = render_chat(tokenizer, expected, chat_format="template").text + "According to [1], "
     assert tokenizer(rendered, add_special_tokens=False)["input_ids"] == list(sent.prompt_ids)
     assert sent.params.loop_guard and set(ANSWER_STOPS) <= set(sent.params.stop)
+    banned = dict(sent.params.logit_bias)
+    assert banned and all("<" in tokenizer.decode([i]) and bias == -100.0 for i, bias in banned.items())
+    assert tokenizer.convert_tokens_to_ids("<") in banned  # no markup: the model cannot copy the <source> tags
+    assert not set(banned) & set(tokenizer.all_special_ids)  # the chat format's own tokens stay
     assert sent.params.max_tokens <= DEFAULT_ANSWER_TOKENS  # sized for an answer when the request sets none
 
 
