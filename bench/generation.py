@@ -36,7 +36,6 @@ import time
 import uuid
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -114,8 +113,8 @@ def sentences(n: int, seed: int = 0) -> list[str]:
 # ---------------------------------------------------------------- setup
 
 
-def load_models(threads: int):
-    """The chat model (as Atelier loads it), an in-process engine over it, and the tokenizer."""
+def load_models(threads: int, quantization: str = "none"):
+    """The chat model (as Atelier loads it, float weights unless told), an in-process engine over it, the catalog."""
     from atelier.catalog import Catalog
     from atelier.engine.client import LocalEngine
     from atelier.engine.loading import load_chat_model
@@ -123,7 +122,7 @@ def load_models(threads: int):
 
     settings = Settings(threads=threads)
     catalog = Catalog.load()
-    loaded = load_chat_model(catalog.get(CHAT), settings.cache_path, settings.device)
+    loaded = load_chat_model(catalog.get(CHAT), settings.cache_path, settings.device, quantization)
     engine = LocalEngine(catalog, settings, preloaded={CHAT: loaded})
     torch.set_num_threads(threads)
     return loaded, engine, catalog

@@ -22,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="requests submitted at once (default 32)")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per request (default 32)")
     ap.add_argument("--threads", type=int, default=Settings().threads, help="torch threads")
+    ap.add_argument("--quantization", choices=["none", "int8", "int4"], default="none",
+                    help="weights of the served model (default none; transformers generate runs on the same model)")
     ap.add_argument("--cprofile", action="store_true", help="also print the engine thread's top functions")
     args = ap.parse_args(argv)
 
-    loaded, engine, _ = load_models(args.threads)
+    loaded, engine, _ = load_models(args.threads, args.quantization)
     engine.close()  # only the loaded model is used here
     tok, model = loaded.tokenizer, loaded.model
     prompts = [tok(PROMPTS[i % len(PROMPTS)], add_special_tokens=False)["input_ids"] for i in range(args.batch)]

@@ -19,7 +19,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _default_threads() -> int:
@@ -64,6 +63,17 @@ class Settings(BaseSettings):
         description="Unit limits the `default` tenancy gets on the very first start (other tenancies start at 0).",
     )
     threads: int = Field(default_factory=_default_threads, ge=1, le=256, description="torch intra-op threads.")
+    quantization: str | None = Field(
+        None,
+        pattern=r"^(none|int8|int4)$|^([A-Za-z0-9._:-]+=(none|int8|int4))(,[A-Za-z0-9._:-]+=(none|int8|int4))*$",
+        description="Overrides the catalog's weight quantization of served chat models: 'none', 'int8' or 'int4' "
+        "for all, or per model ('smollm2-135m-instruct=int8,other=none').",
+    )
+    prefix_cache_mb: float = Field(
+        256, ge=0, le=1_000_000,
+        description="Memory per served chat model for the keys and values of prompt prefixes, reused by later "
+        "prompts of the same tenancy and adapter that start the same way (0 turns prefix caching off).",
+    )  # fmt: skip
     max_batch: int = Field(32, ge=1, le=512, description="Sequences decoded together in one forward pass.")
     max_waiting: int = Field(64, ge=0, le=100_000, description="Requests queued beyond max_batch before 429.")
     adapter_memory_mb: float = Field(
@@ -127,6 +137,15 @@ class Settings(BaseSettings):
     alert_token_baseline_minutes: int = Field(
         60, ge=1, le=10_080, description="Minutes of usage the trailing average of the spike detector spans."
     )
+
+    def quantization_of(self, model: str, catalog_default: str) -> str:
+        """The weight quantization to serve ``model`` with: this setting's, else the catalog's."""
+        if self.quantization is None:
+            return catalog_default
+        if "=" not in self.quantization:
+            return self.quantization
+        pairs = dict(item.split("=", 1) for item in self.quantization.split(","))
+        return pairs.get(model, catalog_default)
 
     @property
     def data_path(self) -> Path:

@@ -380,5 +380,6 @@ class GenerationService:
         on_end = None
         if self._admission is not None:
             on_end = self._admission.admit(principal, model, prepared.prompt_tokens)
+        request = replace(request, cache_scope=principal.tenancy_id)  # cached prefixes stay in the tenancy
         return await Generation.start(self._engine.generate(model, request), prepared.prompt_tokens, on_end,
                                       prefix=prepared.prefix)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from atelier.engine.lora_ops import Index, adapted_linear
+from atelier.engine.quantize import QuantizedLinear
 from atelier.errors import InvalidInput
 
 PEFT_PREFIX = "base_model.model."
@@ -62,12 +63,16 @@ class AdapterWeights:
         )
 
 
-def linear_modules(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """The model's ``nn.Linear`` modules by qualified name (the ones an adapter may target)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+Linear = torch.nn.Linear | QuantizedLinear
+"""A base layer an adapter may target: float, or weight-only quantized (``quantize.py``)."""
 
 
-def read_peft_adapter(directory: Path, linears: dict[str, torch.nn.Linear]) -> AdapterWeights:
+def linear_modules(model: torch.nn.Module) -> dict[str, Linear]:
+    """The model's linear modules by qualified name (the ones an adapter may target)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, QuantizedLinear))}
+
+
+def read_peft_adapter(directory: Path, linears: dict[str, Linear]) -> AdapterWeights:
     """Parse a PEFT LoRA or IA3 adapter directory against the base model's linear modules.
 
     Raises:
@@ -101,7 +106,7 @@ def read_peft_adapter(directory: Path, linears: dict[str, torch.nn.Linear]) -> A
         base = linears.get(module)
         if base is None:
             raise InvalidInput(f"the adapter targets {module!r}, which the base model has no linear layer for")
-        out_f, in_f = base.weight.shape
+        out_f, in_f = base.out_features, base.in_features
         weights.modules[module] = (
             _lora_module(module, parts, config, in_f, out_f) if kind == "LORA" else _ia3_module(module, parts, in_f, out_f)
         )
@@ -135,9 +140,9 @@ def _ia3_module(module: str, parts: dict[str, torch.Tensor], in_f: int, out_f: i
 
 
 class AdapterLinear(torch.nn.Module):
-    """A base ``nn.Linear`` (shared, unchanged) plus the stacked adapters of every slot."""
+    """A base linear layer (shared, unchanged) plus the stacked adapters of every slot."""
 
-    def __init__(self, base: torch.nn.Linear, bank: "AdapterBank"):
+    def __init__(self, base: Linear, bank: "AdapterBank"):
         super().__init__()
         self.base = base
         self.bank = bank
@@ -149,8 +154,12 @@ class AdapterLinear(torch.nn.Module):
         """Stack indices that have weights here, per kind: terms no row of a batch uses are skipped."""
 
     @property
-    def weight(self) -> torch.Tensor:  # what code inspecting the layer expects
-        return self.base.weight
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idx = self.bank.rows
@@ -159,7 +168,7 @@ class AdapterLinear(torch.nn.Module):
         used = self.bank.row_set
         lora = self.present["lora"] & used
         return adapted_linear(
-            x, self.base.weight, self.base.bias, idx,
+            x, self.base, idx,
             self.a if lora else None, self.b if lora else None,
             self.scale_in if self.present["scale_in"] & used else None,
             self.scale_out if self.present["scale_out"] & used else None,
@@ -182,12 +191,14 @@ class AdapterBank:
         self._wrapped: dict[str, AdapterLinear] = {}
         self._capacity = 1  # stack rows, index 0 = the base model
         self._used: set[int] = set()
-        self._device = next(model.parameters()).device
+        self.versions: dict[int, int] = {}
+        """Stack index → how many times it was installed or cleared (what was cached for it is stale after)."""
+        self._device = next(model.parameters()).device  # the norms' weights stay float parameters
 
     # ---------------------------------------------------------------- any thread
 
     @property
-    def linears(self) -> dict[str, torch.nn.Linear]:
+    def linears(self) -> dict[str, Linear]:
         """The base model's linear layers, for ``read_peft_adapter``."""
         return self._linears
 
@@ -226,12 +237,14 @@ class AdapterBank:
         for name, layer in self._wrapped.items():
             self._write(layer, index, weights.modules.get(name))
         self._used.add(index)
+        self.versions[index] = self.versions.get(index, 0) + 1
 
     def clear(self, index: int) -> None:
         """Reset stack ``index`` to the identity (no adapter) and free it."""
         for layer in self._wrapped.values():
             self._write(layer, index, None)
         self._used.discard(index)
+        self.versions[index] = self.versions.get(index, 0) + 1
 
     def _wrap(self, name: str) -> None:
         parent_name, _, child = name.rpartition(".")
@@ -251,8 +264,10 @@ class AdapterBank:
         self._capacity = capacity
 
     def _write(self, layer: AdapterLinear, index: int, w: ModuleWeights | None) -> None:
-        out_f, in_f = layer.base.weight.shape
-        dtype, dev = layer.base.weight.dtype, layer.base.weight.device
+        out_f, in_f = layer.out_features, layer.in_features
+        base = layer.base
+        dtype, dev = (base.dtype, base.device) if isinstance(base, QuantizedLinear) else (base.weight.dtype,
+                                                                                         base.weight.device)
         if w is not None and w.a is not None and w.b is not None:
             r = w.a.shape[1]
             if layer.a is None:

@@ -144,12 +144,14 @@ class LocalEngine:
                 loaded = self._preloaded.get(model)
                 if loaded is None:
                     try:
-                        loaded = load_chat_model(spec, self._settings.cache_path, self._settings.device)
+                        loaded = load_chat_model(spec, self._settings.cache_path, self._settings.device,
+                                                 self._settings.quantization_of(model, spec.quantization))
                     except Exception as exc:  # noqa: BLE001
                         log.exception("loading %s failed", model)
                         raise Unavailable(f"model {model!r} could not be loaded: {exc}") from exc
                 sched = Scheduler(
-                    loaded, spec.context_length, max_batch=self._settings.max_batch, max_waiting=self._settings.max_waiting
+                    loaded, spec.context_length, max_batch=self._settings.max_batch, max_waiting=self._settings.max_waiting,
+                    prefix_cache_bytes=int(self._settings.prefix_cache_mb * 2**20),
                 )
                 self._schedulers[model] = sched
                 self._tokenizers[model] = loaded.tokenizer
@@ -257,6 +259,7 @@ class LocalEngine:
         def run() -> None:
             adapter.scheduler.fail_adapter(adapter.index, exc)
             adapter.scheduler.adapters.clear(adapter.index)
+            adapter.scheduler.prefix_cache.drop(lambda scope: scope[1] == adapter.index)
 
         try:
             adapter.scheduler.call(run).result()

@@ -21,6 +21,7 @@ import torch
 
 from atelier import settings as _settings  # noqa: F401  (forces HF offline before transformers loads)
 from atelier.catalog import ModelSpec
+from atelier.engine.quantize import quantize_model
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,22 @@ def eos_ids(tokenizer, config) -> frozenset[int]:
     return frozenset(ids)
 
 
-def load_chat_model(spec: ModelSpec, cache_dir: Path, device: str = "cpu") -> LoadedModel:
-    """Load a catalog chat model for inference (eval mode, no grad)."""
+def load_chat_model(spec: ModelSpec, cache_dir: Path, device: str = "cpu", quantization: str = "none") -> LoadedModel:
+    """Load a catalog chat model for inference (eval mode, no grad).
+
+    Args:
+        quantization: "none" (float weights, what training uses), "int8" or "int4" (weight-only,
+            for serving on a CPU: see ``quantize.py``; ignored on another device, whose
+            kernels these are not).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = model_directory(spec, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=_dtype(spec)).to(device).eval()
     model.requires_grad_(False)
+    if quantization != "none" and device == "cpu":
+        quantize_model(model, quantization)
     return LoadedModel(spec.name, model, tokenizer, eos_ids(tokenizer, model.config))
 
 

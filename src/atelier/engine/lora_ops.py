@@ -14,8 +14,9 @@ Shapes: ``x`` (N, T, in); ``a`` (S, in, r); ``b`` (S, r, out); ``scale_in`` (S, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 
 Index = torch.Tensor | int
 
@@ -36,22 +37,21 @@ def gathered_scale(scale: torch.Tensor, idx: Index) -> torch.Tensor:
 
 def adapted_linear(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    base: Callable[[torch.Tensor], torch.Tensor],
     idx: Index,
     a: torch.Tensor | None = None,
     b: torch.Tensor | None = None,
     scale_in: torch.Tensor | None = None,
     scale_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.linear`` of the base weights for the whole batch, plus each row's adapter.
+    """The base layer (``base(x) = x Wᵀ + b``, float or quantized) for the whole batch, plus each row's adapter.
 
     A row's adapter is either LoRA (its ``a``/``b`` rows non-zero, scales 1) or IA3 (its
     scales set, ``a``/``b`` rows zero), so applying all three terms gives each row exactly
     its own adapter's output.
     """
     base_in = x * gathered_scale(scale_in, idx) if scale_in is not None else x
-    y = F.linear(base_in, weight, bias)  # the shared base weights, once for the batch
+    y = base(base_in)  # the shared base weights, once for the batch
     if a is not None and b is not None:
         y = y + lora_delta(x, a, b, idx)
     if scale_out is not None:

@@ -4,7 +4,9 @@ A background thread owns the model. Each loop iteration it (0) runs the calls qu
 other threads (``call``: installing or removing an adapter happens between two steps, so
 loading one never pauses the others' traffic), (1) drops aborted and finished
 rows, (2) admits waiting requests up to ``max_batch`` (prefilling them together in one
-left-padded forward pass and appending their KV cache to the batch), (3) runs one decode step for all rows at once and
+left-padded forward pass and appending their KV cache to the batch; a request whose prompt
+starts with a prefix cached for its tenancy and adapter is prefilled alone from that prefix's
+keys and values, see ``prefix_cache.py``), (3) runs one decode step for all rows at once and
 hands each row's new text to its sink. Requests join and leave between steps; nothing
 waits for a whole batch to finish. Rows of different adapters share every forward pass:
 before each pass the adapter bank learns each row's stack index (``AdapterBank.set_rows``).
@@ -37,6 +39,7 @@ from atelier.engine.constraints import TokenMasks, advance, check_constraint, ne
 from atelier.engine.generation import Sequence, TextStream
 from atelier.engine.kv_cache import BatchCache
 from atelier.engine.loading import LoadedModel
+from atelier.engine.prefix_cache import KV, PrefixCache
 from atelier.engine.sampling import SamplingTensors, draw, logprobs, process_logits
 from atelier.engine.types import Constraint, GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
 from atelier.errors import InvalidInput, QuotaExceeded, Unavailable
@@ -72,6 +75,7 @@ class Scheduler:
         max_waiting: int = 64,
         max_prefill_tokens: int = 1024,
         prompt_logprobs_chunk: int = 128,
+        prefix_cache_bytes: int = 0,
     ):
         self.loaded = loaded
         self.context_length = context_length
@@ -95,6 +99,8 @@ class Scheduler:
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._masks: TokenMasks | None = None  # built with the first constrained row
         self.adapters = AdapterBank(self._model)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        """Prompt prefixes' KV by (tenancy, stack index, its version): see ``prefix_cache.py``."""
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
@@ -200,7 +206,8 @@ class Scheduler:
 
     def stats(self) -> dict[str, int]:
         with self._cond:
-            return {"running": len(self._rows), "waiting": len(self._waiting), "steps": self.steps}
+            return {"running": len(self._rows), "waiting": len(self._waiting), "steps": self.steps,
+                    "prefix_cache_hits": self.prefix_cache.hits, "prefix_cache_bytes": self.prefix_cache.bytes}
 
     def close(self) -> None:
         with self._cond:
@@ -324,14 +331,65 @@ class Scheduler:
         row.next_token = token
         row.sink(event)
 
+    def _scope(self, row: _Row) -> tuple[str, int, int]:
+        """Whose cached prefixes a row may use: its tenancy's, on its adapter as installed now."""
+        return row.seq.request.cache_scope, row.adapter, self.adapters.versions.get(row.adapter, 0)
+
     def _admit(self, rows: list[_Row]) -> None:
-        """Prefill admitted rows: together, but each row asking for prompt logprobs on its own."""
-        plain = [r for r in rows if r.seq.request.params.prompt_logprobs is None]
+        """Prefill admitted rows: together, but a row with a cached prefix or asking for prompt logprobs on its own."""
+        plain: list[_Row] = []
+        for row in rows:
+            if row.seq.request.params.prompt_logprobs is not None:
+                continue
+            hit = self.prefix_cache.lookup(self._scope(row), row.seq.request.prompt_ids)
+            if hit is None:
+                plain.append(row)
+            else:
+                self._prefill_cached(row, *hit)
         if plain:
             self._prefill(plain)
         for row in rows:
             if row.seq.request.params.prompt_logprobs is not None:
                 self._prefill_scored(row)
+
+    def _store_prefixes(self, rows: list[_Row], cache: BatchCache, pads: list[int]) -> None:
+        """Offer each row's prompt (row ``i`` of ``cache``, after ``pads[i]`` padding columns) to the prefix cache."""
+        if self.prefix_cache.max_bytes <= 0:
+            return
+        for i, row in enumerate(rows):
+            def kv(n: int, i: int = i) -> KV:
+                start = pads[i]
+                return [(layer._k[i, :, start : start + n].clone(), layer._v[i, :, start : start + n].clone())  # type: ignore[attr-defined]
+                        for layer in cache.layers]  # (H, n, D) each
+            self.prefix_cache.store(self._scope(row), row.seq.request.prompt_ids, kv)
+
+    def _prefill_cached(self, row: _Row, kv: KV, n: int) -> None:
+        """Prefill one row whose first ``n`` prompt tokens have cached keys and values: only the rest is computed."""
+        prompt = row.seq.request.prompt_ids
+        t = len(prompt)
+        cache = BatchCache(self._n_layers)
+        for layer, (k, v) in zip(cache.layers, kv):
+            h, _, d = k.shape
+            cap = max(64, 2 * t)
+            slab_k = k.new_zeros((1, h, cap, d))  # (1, H, cap, D)
+            slab_v = v.new_zeros((1, h, cap, d))  # (1, H, cap, D)
+            slab_k[0, :, :n] = k[:, :n]
+            slab_v[0, :, :n] = v[:, :n]
+            layer.set_rows(slab_k, slab_v, n)  # type: ignore[attr-defined]
+        self.adapters.set_rows([row.adapter])
+        out = self._model(
+            input_ids=torch.tensor([prompt[n:]], device=self._device),  # (1, T - n)
+            attention_mask=torch.ones((1, t), dtype=torch.long, device=self._device),
+            position_ids=torch.arange(n, t, device=self._device).unsqueeze(0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float()  # (1, V)
+        self._store_prefixes([row], cache, [0])
+        tokens, found = self._sample([row], logits)
+        self._emit(row, tokens[0], found[0])
+        self._join([row], cache, torch.ones((1, t), dtype=torch.long))
 
     def _prefill(self, rows: list[_Row]) -> None:
         """Prefill ``rows`` together (left-padded), sample their first tokens, join the batch."""
@@ -352,6 +410,7 @@ class Scheduler:
             logits_to_keep=1,
         )
         logits = out.logits[:, -1, :].float()  # (n, V)
+        self._store_prefixes(rows, cache, [t - len(p) for p in prompts])
         for row, token, logprob in zip(rows, *self._sample(rows, logits)):
             self._emit(row, token, logprob)
         self._join(rows, cache, mask)

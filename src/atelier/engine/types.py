@@ -80,6 +80,8 @@ class GenerationRequest:
     """Opaque adapter reference resolved after the policy check; None = the base model."""
     constraint: Constraint | None = None
     """The output must match it (structured outputs, forced tool calls); None: free text."""
+    cache_scope: str = ""
+    """Who may reuse this prompt's cached prefix (the tenancy): prefixes are shared within a scope only."""
 
 
 @dataclass(frozen=True)
