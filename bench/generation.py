@@ -43,6 +43,7 @@ if __package__ in (None, ""):
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from atelier.engine.threads import in_fresh_thread  # noqa: E402
 from bench.harness import Row, ServerProcess, format_table, machine_info, write_json  # noqa: E402
 
 CHAT = "smollm2-135m-instruct"
@@ -122,7 +123,8 @@ def load_models(threads: int, quantization: str = "none"):
 
     settings = Settings(threads=threads)
     catalog = Catalog.load()
-    loaded = load_chat_model(catalog.get(CHAT), settings.cache_path, settings.device, quantization)
+    loaded = in_fresh_thread(lambda: load_chat_model(catalog.get(CHAT), settings.cache_path, settings.device,
+                                                     quantization))
     engine = LocalEngine(catalog, settings, preloaded={CHAT: loaded})
     torch.set_num_threads(threads)
     return loaded, engine, catalog
@@ -156,7 +158,15 @@ class _Clock:
 
 
 def hf_generate(model, pad_id: int, prompts: list[list[int]], new_tokens: int, clock: _Clock | None = None):
-    """Greedy ``generate`` of exactly ``new_tokens`` per row; returns (seconds, output ids)."""
+    """Greedy ``generate`` of exactly ``new_tokens`` per row; returns (seconds, output ids).
+
+    Runs in a thread of its own, like every one-off torch work here (``atelier.engine.threads``:
+    a long-lived OpenMP team in the main thread would slow the engine's thread down).
+    """
+    return in_fresh_thread(lambda: _hf_generate(model, pad_id, prompts, new_tokens, clock))
+
+
+def _hf_generate(model, pad_id: int, prompts: list[list[int]], new_tokens: int, clock: _Clock | None):
     ids, mask = left_padded(prompts, pad_id)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -176,12 +186,15 @@ def hf_generate(model, pad_id: int, prompts: list[list[int]], new_tokens: int, c
 
 
 def hf_prefill(model, ids: list[int]) -> float:
-    """Seconds for one forward pass over ``ids`` (what ``generate`` does to prefill)."""
-    x = torch.tensor([ids])  # (1, T)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        model(input_ids=x, use_cache=True, logits_to_keep=1)
-    return time.perf_counter() - t0
+    """Seconds for one forward pass over ``ids`` (what ``generate`` does to prefill), in a thread of its own."""
+    def run() -> float:
+        x = torch.tensor([ids])  # (1, T)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(input_ids=x, use_cache=True, logits_to_keep=1)
+        return time.perf_counter() - t0
+
+    return in_fresh_thread(run)
 
 
 # ---------------------------------------------------------------- Atelier in process
@@ -455,16 +468,22 @@ def bench_embeddings(args, server: ServerProcess | None, details: dict) -> list[
         http_embed(server, texts[:8], per_call)  # warm-up (loads the model in the server)
 
     def atelier_embed() -> tuple[float, torch.Tensor]:
-        t0 = time.perf_counter()
-        vecs = []
-        for start in range(0, len(texts), per_call):
-            vecs += embedder.embed(texts[start : start + per_call]).vectors
-        return time.perf_counter() - t0, torch.tensor(vecs)
+        def run():
+            t0 = time.perf_counter()
+            vecs = []
+            for start in range(0, len(texts), per_call):
+                vecs += embedder.embed(texts[start : start + per_call]).vectors
+            return time.perf_counter() - t0, torch.tensor(vecs)
+
+        return in_fresh_thread(run)
 
     def st_encode() -> tuple[float, torch.Tensor]:
-        t0 = time.perf_counter()
-        vecs = st.encode(texts, batch_size=args.embed_batch, normalize_embeddings=True, convert_to_tensor=True)
-        return time.perf_counter() - t0, vecs.float()
+        def run():
+            t0 = time.perf_counter()
+            vecs = st.encode(texts, batch_size=args.embed_batch, normalize_embeddings=True, convert_to_tensor=True)
+            return time.perf_counter() - t0, vecs.float()
+
+        return in_fresh_thread(run)
 
     atelier_embed()  # warm-up
     st_encode()

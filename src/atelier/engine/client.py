@@ -21,6 +21,7 @@ from atelier.engine.adapters import read_peft_adapter
 from atelier.engine.constraints import check_constraint
 from atelier.engine.embedding import Embedder
 from atelier.engine.loading import load_chat_model, load_tokenizer
+from atelier.engine.threads import in_fresh_thread
 from atelier.engine.scheduler import Scheduler
 from atelier.engine.types import Constraint, EmbeddingResult, GenerationRequest, InputType, TokenEvent, TruncateMode
 from atelier.errors import NotFound, Unavailable
@@ -144,8 +145,9 @@ class LocalEngine:
                 loaded = self._preloaded.get(model)
                 if loaded is None:
                     try:
-                        loaded = load_chat_model(spec, self._settings.cache_path, self._settings.device,
-                                                 self._settings.quantization_of(model, spec.quantization))
+                        loaded = in_fresh_thread(lambda: load_chat_model(
+                            spec, self._settings.cache_path, self._settings.device,
+                            self._settings.quantization_of(model, spec.quantization)))
                     except Exception as exc:  # noqa: BLE001
                         log.exception("loading %s failed", model)
                         raise Unavailable(f"model {model!r} could not be loaded: {exc}") from exc
@@ -165,7 +167,7 @@ class LocalEngine:
                 emb = self._preloaded.get(model)
                 if emb is None:
                     try:
-                        emb = Embedder.load(spec, self._settings.device)
+                        emb = in_fresh_thread(lambda: Embedder.load(spec, self._settings.device))
                     except Exception as exc:  # noqa: BLE001
                         log.exception("loading %s failed", model)
                         raise Unavailable(f"model {model!r} could not be loaded: {exc}") from exc
@@ -345,9 +347,9 @@ class LocalEngine:
     ) -> EmbeddingResult:
         emb = self._embedders.get(model) or await asyncio.to_thread(self._embedder, model)
 
-        def run() -> EmbeddingResult:
+        def run() -> EmbeddingResult:  # in a thread of its own (see threads.py), one batch at a time
             with self._embed_lock:
-                return emb.embed(texts, truncate=truncate, input_type=input_type)
+                return in_fresh_thread(lambda: emb.embed(texts, truncate=truncate, input_type=input_type))
 
         return await asyncio.to_thread(run)
 

@@ -176,7 +176,25 @@ def quantize_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
             if isinstance(child, torch.nn.Linear):
                 layer_mode = mode if mode == "int8" or child.in_features % GROUP == 0 else "int8"
                 setattr(module, child_name, QuantizedLinear.from_linear(child, layer_mode))
+    with torch.no_grad():  # own copies of what stays float (norms): they may be views of the whole mapped file
+        for p in model.parameters():
+            p.data = p.data.clone()
+        for b in model.buffers():
+            b.data = b.data.clone()
+    _release_freed_memory()
     return model
+
+
+def _release_freed_memory() -> None:
+    """Give the float weights' freed memory back to the system (glibc keeps it otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps it, nothing breaks
+        pass
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

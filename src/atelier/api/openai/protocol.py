@@ -78,6 +78,11 @@ class _Generation(_Request):
         None, description="Atelier extension (vLLM's names): constrain the output to a JSON Schema (`json`), one "
         "of a list of strings (`choice`), a regular expression (`regex`) or a Lark grammar (`grammar`).",
     )
+    ignore_eos: bool = Field(
+        False, description="Atelier extension (vLLM's and llama.cpp's): keep generating past the end-of-sequence "
+        "token until max_tokens or a stop string (benchmarks; ignored for structured outputs, which end when "
+        "complete).",
+    )
     logprobs_mode: Literal["raw", "processed"] = Field(
         "raw", description="Atelier extension: log probabilities of the model's raw distribution, or of the "
         "processed one actually sampled from (after penalties, bias, grammar mask and temperature).",
@@ -137,6 +142,7 @@ class _Generation(_Request):
             logprobs=logprobs,
             logprobs_mode=self.logprobs_mode,
             prompt_logprobs=prompt_logprobs,
+            ignore_eos=self.ignore_eos,
         )
 
 
