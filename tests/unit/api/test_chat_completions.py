@@ -56,6 +56,14 @@ def test_greedy_is_deterministic_and_seed_repeats(client):
     assert seeded[0] == seeded[1]
 
 
+def test_ignore_eos_generates_to_max_tokens(client):
+    eos = {"257": 100}  # the tiny tokenizer's <|im_end|>, made certain
+    body = chat(client, max_tokens=6, temperature=0, logit_bias=eos).json()
+    assert body["choices"][0]["finish_reason"] == "stop" and body["usage"]["completion_tokens"] == 1
+    body = chat(client, max_tokens=6, temperature=0, logit_bias=eos, ignore_eos=True).json()
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 6
+
+
 def test_default_max_tokens_is_the_model_limit(client):
     body = chat(client, temperature=0, seed=1).json()
     assert body["usage"]["completion_tokens"] <= 64
