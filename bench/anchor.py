@@ -333,8 +333,8 @@ def compare(atelier, llama, mode: str, args, systems: list[str], details: dict) 
     for name, server, is_llama in (("atelier", atelier, False), ("llama", llama, True)):
         prefix_ttft(server, systems[0], "What is the first note about?", is_llama)  # caches systems[0]
         for rep in range(args.repeats):
-            prefix[name]["cold"].append(prefix_ttft(server, systems[1 + rep % (len(systems) - 1)] + f" ({mode} {rep})",
-                                                    "What is the first note about?", is_llama))
+            cold = f"[{mode} {rep} {uuid.uuid4().hex[:8]}] " + systems[1 + rep % (len(systems) - 1)]  # never seen
+            prefix[name]["cold"].append(prefix_ttft(server, cold, "What is the first note about?", is_llama))
             prefix[name]["warm"].append(prefix_ttft(server, systems[0], f"Question {rep}: what is the last note about?",
                                                     is_llama))
     memory = {"atelier": rss_mb(server_pid(atelier)), "llama": rss_mb(llama.pid)}
