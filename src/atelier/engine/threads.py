@@ -17,7 +17,6 @@ throttled (each model's decode is slower, none is wrong). Knows nothing about mo
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -41,24 +40,3 @@ def in_fresh_thread(fn: Callable[[], T], name: str = "torch-once") -> T:
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["result"]  # type: ignore[return-value]
-
-
-async def in_fresh_thread_async(fn: Callable[[], T], name: str = "torch-once") -> T:
-    """``in_fresh_thread`` for a coroutine: the event loop is not blocked while ``fn`` runs."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
-
-    def settle(setter: Callable, value: object) -> None:
-        if not future.done():
-            setter(value)
-
-    def target() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, future.set_exception, exc)
-        else:
-            loop.call_soon_threadsafe(settle, future.set_result, result)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return await future
