@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -283,7 +284,6 @@ def adapters_ratio(mode: str, threads: int, repeats: int, tokens: int) -> dict:
     engine = LocalEngine(catalog, settings, preloaded={CHAT: loaded})
     with tempfile.TemporaryDirectory() as tmp:
         lora, _ = in_fresh_thread(lambda: make_adapters(float_base, Path(tmp), 32, 0))
-        del float_base
         slots = [engine.add_adapter(CHAT, f"cm_{i}", path) for i, path in enumerate(lora)]
         rows = prompts(loaded.tokenizer, 32)
         runs: dict[str, list[float]] = {"base": [], "adapters": []}
@@ -302,7 +302,7 @@ def adapters_ratio(mode: str, threads: int, repeats: int, tokens: int) -> dict:
 
 
 def median(values: list[float]) -> float:
-    values = [v for v in values if v == v]
+    values = [v for v in values if not math.isnan(v)]
     return statistics.median(values) if values else float("nan")
 
 
