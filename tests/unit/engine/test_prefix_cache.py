@@ -13,7 +13,8 @@ from atelier.engine.loading import tiny_loaded
 from atelier.engine.prefix_cache import BLOCK, PrefixCache
 from atelier.engine.scheduler import Scheduler
 from atelier.engine.types import GenerationRequest, SamplingParams
-from tests.unit.engine.test_scheduler import Collector, run
+from tests.unit.engine.conftest import Collector
+from tests.unit.engine.test_scheduler import run
 
 LM = tiny_loaded(seed=1)
 

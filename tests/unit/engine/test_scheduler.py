@@ -11,39 +11,10 @@ from atelier.engine.loading import tiny_loaded
 from atelier.engine.scheduler import Scheduler
 from atelier.engine.types import GenerationRequest, SamplingParams
 from atelier.errors import InvalidInput, QuotaExceeded
+from tests.unit.engine.conftest import Collector
 
 LM = tiny_loaded(seed=1)
 TOK = LM.tokenizer
-
-
-class Collector:
-    """Gathers events per request and signals when each request ends."""
-
-    def __init__(self):
-        self.events: dict[str, list] = {}
-        self.done = threading.Semaphore(0)
-        self.lock = threading.Lock()
-
-    def sink(self, rid):
-        self.events[rid] = []
-
-        def put(ev):
-            with self.lock:
-                self.events[rid].append(ev)
-            if isinstance(ev, BaseException) or ev.finish_reason:
-                self.done.release()
-
-        return put
-
-    def wait(self, n, timeout=60):
-        for _ in range(n):
-            assert self.done.acquire(timeout=timeout), "request did not finish"
-
-    def tokens(self, rid):
-        return [t for ev in self.events[rid] for t in ev.token_ids]
-
-    def text(self, rid):
-        return "".join(ev.text for ev in self.events[rid])
 
 
 def req(rid, prompt, **params):
