@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import statistics
@@ -49,7 +48,16 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from atelier.engine.threads import in_fresh_thread  # noqa: E402
-from bench.harness import Row, ServerProcess, format_table, free_port, machine_info, write_json  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Row,
+    ServerProcess,
+    format_table,
+    free_port,
+    machine_info,
+    sse_chunks,
+    wait_for_health,
+    write_json,
+)
 from bench.llama_cpp import cpu_flags, llama_server  # noqa: E402
 
 CHAT = "smollm2-135m-instruct"
@@ -80,17 +88,12 @@ class LlamaServer:
 
     def __enter__(self) -> "LlamaServer":
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self.proc.returncode}: see {self._log.name}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"llama-server did not start: see {self._log.name}")
+        try:
+            wait_for_health(self.proc, self.url, 120, "llama-server")
+        except RuntimeError as exc:
+            self.__exit__()
+            raise RuntimeError(f"{exc}: see {self._log.name}") from None
+        return self
 
     @property
     def pid(self) -> int:
@@ -129,15 +132,7 @@ async def chat_one(client: httpx.AsyncClient, messages: list[dict], max_tokens: 
     times: list[float] = []
     usage = None
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise RuntimeError(f"chat answered {response.status_code}: {response.text[:300]}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(f"stream error: {chunk['error']}")
+        async for chunk in sse_chunks(response, "/v1/chat/completions"):
             if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
                 times.append(time.perf_counter())
             usage = chunk.get("usage") or usage

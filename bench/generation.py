@@ -44,7 +44,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from atelier.engine.threads import in_fresh_thread  # noqa: E402
-from bench.harness import Row, ServerProcess, format_table, machine_info, write_json  # noqa: E402
+from bench.harness import Row, ServerProcess, sse_chunks, format_table, machine_info, write_json  # noqa: E402
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
@@ -254,15 +254,7 @@ async def _http_one(client: httpx.AsyncClient, ids: list[int], max_tokens: int) 
     first = None
     usage, finish = None, None
     async with client.stream("POST", "/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise RuntimeError(f"/v1/completions answered {response.status_code}: {response.text[:300]}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(f"stream error: {chunk['error']}")
+        async for chunk in sse_chunks(response, "/v1/completions"):
             if first is None:
                 first = time.perf_counter()
             for choice in chunk.get("choices") or []:

@@ -127,6 +127,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_health(proc: subprocess.Popen, url: str, timeout: float, what: str) -> None:
+    """Poll ``url`` + ``/health`` until it answers 200; RuntimeError if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} did not answer /health within {timeout:.0f} s")
+
+
+async def sse_chunks(response: httpx.Response, endpoint: str):
+    """The JSON chunks of a streamed OpenAI-style response (``data: …`` lines, ``[DONE]`` left out).
+
+    Raises:
+        RuntimeError: a status other than 200, or an error chunk in the stream.
+    """
+    if response.status_code != 200:
+        await response.aread()
+        raise RuntimeError(f"{endpoint} answered {response.status_code}: {response.text[:300]}")
+    async for line in response.aiter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            raise RuntimeError(f"stream error: {chunk['error']}")
+        yield chunk
+
+
 class ServerProcess:
     """``python -m atelier serve`` on a free port and a temporary data dir, as a context manager.
 
@@ -168,18 +201,13 @@ class ServerProcess:
         log = open(self._log_path, "wb")
         self._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + self._timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self._proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.__exit__(None, None, None)
-        raise RuntimeError(f"the server did not answer /health within {self._timeout:.0f} s:\n{self.log_tail()}")
+        try:
+            wait_for_health(self._proc, self.url, self._timeout, "the server")
+        except RuntimeError as exc:
+            tail = self.log_tail()
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"{exc}:\n{tail}") from None
+        return self
 
     def __exit__(self, *exc) -> None:
         if self._proc is not None and self._proc.poll() is None:

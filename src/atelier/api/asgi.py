@@ -6,10 +6,12 @@ buffered. Knows nothing about what the middlewares do.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
-class HttpMiddleware:
+class HttpMiddleware(ABC):
     """Calls :meth:`handle` for HTTP requests; lifespan and other scopes go straight to the app."""
 
     def __init__(self, app: ASGIApp):
@@ -21,6 +23,6 @@ class HttpMiddleware:
             return
         await self.handle(scope, receive, send)
 
+    @abstractmethod
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one HTTP request (around ``self.app``)."""
-        raise NotImplementedError
+        """Serve one HTTP request (around ``self.app``): each middleware's own work."""

@@ -21,8 +21,8 @@ from atelier.engine.adapters import read_peft_adapter
 from atelier.engine.constraints import check_constraint
 from atelier.engine.embedding import Embedder
 from atelier.engine.loading import load_chat_model, load_tokenizer
-from atelier.engine.threads import in_fresh_thread
 from atelier.engine.scheduler import Scheduler
+from atelier.engine.threads import in_fresh_thread
 from atelier.engine.types import Constraint, EmbeddingResult, GenerationRequest, InputType, TokenEvent, TruncateMode
 from atelier.errors import NotFound, Unavailable
 

@@ -88,14 +88,6 @@ class PrefixCache:
         self.misses += 1
         return None
 
-    def covered(self, scope: Hashable, ids: list[int]) -> int:
-        """Tokens of ``ids`` (whole blocks) that a cached entry already holds."""
-        n = 0
-        for b, key in enumerate(self._keys(scope, ids, len(ids) // BLOCK)):
-            if key in self._blocks:
-                n = (b + 1) * BLOCK
-        return n
-
     def store(self, scope: Hashable, ids: list[int], kv: Callable[[int], KV]) -> None:
         """Cache the prompt ``ids`` (its whole blocks) unless they are cached already.
 
@@ -103,7 +95,10 @@ class PrefixCache:
         it is called only when something is stored.
         """
         n = len(ids) // BLOCK * BLOCK
-        if self.max_bytes <= 0 or n == 0 or self.covered(scope, ids) >= n:
+        if self.max_bytes <= 0 or n == 0:
+            return
+        blocks = self._keys(scope, ids, n // BLOCK)
+        if blocks[-1] in self._blocks:  # the last block's key stands for the whole prefix: cached already
             return
         tensors = kv(n)
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in tensors)
@@ -112,7 +107,7 @@ class PrefixCache:
         while self.bytes + nbytes > self.max_bytes:
             self._evict(next(iter(self._entries)))
         entry_id, self._next = self._next, self._next + 1
-        entry = _Entry(scope, tuple(ids[:n]), tensors, nbytes, self._keys(scope, ids, n // BLOCK))
+        entry = _Entry(scope, tuple(ids[:n]), tensors, nbytes, blocks)
         self._entries[entry_id] = entry
         for key in entry.blocks:
             self._blocks[key] = entry_id

@@ -14,7 +14,7 @@ attention, adapters and logits stay in float.
 
 Kernels: ``torch.ops.aten._weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``
 (PyTorch's own weight-only CPU kernels; underscore ops, hence ``torch`` pinned in
-pyproject). Their fp32-activation paths are 4-10x slower than an fp32 GEMM on this CPU
+pyproject). Their fp32-activation paths are 4-20x slower than an fp32 GEMM on this CPU
 while their bf16 paths are fast, so a layer rounds its input to bf16, and the kernel
 accumulates in fp32 and rounds its output to bf16 (relative error of the product about
 0.3 % beside the weights' own ~0.8 % in int8). Over ``GEMM_ROWS`` rows (a prefill) an
@@ -37,7 +37,9 @@ Quantization = Literal["none", "int8", "int4"]
 GROUP = 32
 """Input columns per int4 group (GGUF Q4_0/Q4_1 blocks hold 32 weights)."""
 GEMM_ROWS = 48
-"""Rows above which an int8 layer de-quantizes and uses the fp32 GEMM (measured: prefill)."""
+"""Rows above which an int8 layer de-quantizes and uses the fp32 GEMM. Measured on SmolLM2-135M,
+whole forward: 64 tokens 119 ms against 129 ms through the kernel, 107 tokens 147 against 200,
+512 tokens 530 against 908."""
 KERNEL_DTYPE = torch.bfloat16
 
 
