@@ -1,7 +1,8 @@
 """Generation and embedding throughput: Atelier next to plain transformers / sentence-transformers.
 
 One command, one run, every figure beside its baseline measured on the same machine in
-the same process (interleaved repeats, medians):
+the same process (interleaved repeats, medians), Atelier on float weights with prefix caching
+off (``bench/anchor.py`` measures the quantized modes and the prefix cache):
 
 1. decode tokens/s at batch 1: ``LocalEngine`` (the scheduler) vs ``model.generate``,
    greedy, same prompt, same number of new tokens, EOS ignored;
@@ -121,13 +122,36 @@ def load_models(threads: int, quantization: str = "none"):
     from atelier.engine.loading import load_chat_model
     from atelier.settings import Settings
 
-    settings = Settings(threads=threads)
+    settings = Settings(threads=threads, prefix_cache_mb=0)  # prefill is measured: no cached prefixes
     catalog = Catalog.load()
     loaded = in_fresh_thread(lambda: load_chat_model(catalog.get(CHAT), settings.cache_path, settings.device,
                                                      quantization))
     engine = LocalEngine(catalog, settings, preloaded={CHAT: loaded})
     torch.set_num_threads(threads)
+    global _ENGINE_THREAD  # noqa: PLW0603
+    _ENGINE_THREAD = engine._scheduler(CHAT)  # noqa: SLF001 - our own engine: the baselines run on its thread
     return loaded, engine, catalog
+
+
+_ENGINE_THREAD = None
+"""The in-process engine's scheduler, once loaded: the transformers baselines run on its thread."""
+
+
+def on_torch_thread(fn):
+    """Run a baseline where Atelier's engine runs its own work: on the engine's thread, between its steps.
+
+    Its OpenMP team is then the only one in the process, as the engine's is when it runs
+    (``atelier.engine.threads``: a second team would throttle whichever runs). A closed engine
+    leaves a fresh thread, which exits with its team.
+    """
+    from atelier.errors import Unavailable
+
+    if _ENGINE_THREAD is not None:
+        try:
+            return _ENGINE_THREAD.call(fn).result()
+        except Unavailable:
+            pass
+    return in_fresh_thread(fn)
 
 
 def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,10 +184,9 @@ class _Clock:
 def hf_generate(model, pad_id: int, prompts: list[list[int]], new_tokens: int, clock: _Clock | None = None):
     """Greedy ``generate`` of exactly ``new_tokens`` per row; returns (seconds, output ids).
 
-    Runs in a thread of its own, like every one-off torch work here (``atelier.engine.threads``:
-    a long-lived OpenMP team in the main thread would slow the engine's thread down).
+    Runs on the engine's thread (``on_torch_thread``), as Atelier's own forward passes do.
     """
-    return in_fresh_thread(lambda: _hf_generate(model, pad_id, prompts, new_tokens, clock))
+    return on_torch_thread(lambda: _hf_generate(model, pad_id, prompts, new_tokens, clock))
 
 
 def _hf_generate(model, pad_id: int, prompts: list[list[int]], new_tokens: int, clock: _Clock | None):
@@ -186,7 +209,7 @@ def _hf_generate(model, pad_id: int, prompts: list[list[int]], new_tokens: int, 
 
 
 def hf_prefill(model, ids: list[int]) -> float:
-    """Seconds for one forward pass over ``ids`` (what ``generate`` does to prefill), in a thread of its own."""
+    """Seconds for one forward pass over ``ids`` (what ``generate`` does to prefill), on the engine's thread."""
     def run() -> float:
         x = torch.tensor([ids])  # (1, T)
         t0 = time.perf_counter()
@@ -194,7 +217,7 @@ def hf_prefill(model, ids: list[int]) -> float:
             model(input_ids=x, use_cache=True, logits_to_keep=1)
         return time.perf_counter() - t0
 
-    return in_fresh_thread(run)
+    return on_torch_thread(run)
 
 
 # ---------------------------------------------------------------- Atelier in process
@@ -587,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(engine.close)
         if needs_server:
             log("starting the server...")
-            env = {"ATELIER_THREADS": str(args.threads), "ATELIER_MAX_BATCH": str(max(32, *args.concurrency))}
+            env = {"ATELIER_THREADS": str(args.threads), "ATELIER_MAX_BATCH": str(max(32, *args.concurrency)),
+                   "ATELIER_QUANTIZATION": "none", "ATELIER_PREFIX_CACHE_MB": "0"}  # the baselines' fp32 weights
             server = stack.enter_context(ServerProcess(env=env))
             log(f"server up at {server.url}")
         if "decode" in args.only:
