@@ -17,7 +17,7 @@ The engine's first event is awaited before ``open`` returns, so a full queue is 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -286,8 +286,10 @@ class GenerationService:
 
     async def prepare_chat(self, guard: Authorizer, model: str | ServedModel, messages: list[dict], sampling: Sampling,
                            *, limit: Limit = Limit(), chat_format: str | None = None, id_prefix: str = "chatcmpl",
-                           shape: Shape = Shape()) -> Prepared:
+                           shape: Shape = Shape(), functions: Mapping[str, Mapping] | None = None) -> Prepared:
         """A chat generation: ``messages`` rendered in the model's chat format (or ``chat_format``).
+
+        ``functions`` are the tools described to the model (see ``render_chat``).
 
         Raises:
             NotFound, Forbidden, InvalidInput, Conflict, Unavailable: See ``ServedModels.resolve``;
@@ -298,7 +300,8 @@ class GenerationService:
 
         def render() -> list[int]:
             tokenizer = self.tokenizer(served.spec)
-            rendered = render_chat(tokenizer, messages, chat_format=chat_format or served.spec.chat_format)
+            rendered = render_chat(tokenizer, messages, chat_format=chat_format or served.spec.chat_format,
+                                   functions=functions)
             self._check(served, shape)
             if shape.prefix:
                 return list(tokenizer(rendered.text + shape.prefix, add_special_tokens=False)["input_ids"])

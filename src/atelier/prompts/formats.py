@@ -11,17 +11,21 @@ offsets, and a token is masked when its character span overlaps an assistant spa
 
 from __future__ import annotations
 
+import json
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from atelier.errors import InvalidInput
+from atelier.prompts.tools import with_tools
 
 log = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 ROLE_SYNONYMS = {"developer": "system"}
+TOOL_ROLE = "tool"
 
 Span = tuple[int, int]
 
@@ -57,23 +61,28 @@ def content_text(content: object, param: str) -> str:
     raise InvalidInput("content must be a string or a list of text parts", param=param)
 
 
-def normalize_messages(messages: Sequence[Mapping]) -> list[dict]:
+def normalize_messages(messages: Sequence[Mapping], *, tool_turns: bool = False) -> list[dict]:
     """Validate chat messages and return them as plain ``{"role", "content"}`` dicts.
 
     Args:
         messages: OpenAI-style messages. ``developer`` is read as ``system``; content may be a
             string or a list of ``{"type": "text", "text": ...}`` parts (joined with newlines).
-            Other keys are ignored.
+            Other keys are ignored, except with ``tool_turns``.
+        tool_turns: Also accept what a tool-calling conversation holds: ``tool`` messages
+            (``tool_call_id`` kept) and assistant messages with ``tool_calls`` (kept, checked;
+            their content may be null).
 
     Returns:
-        New dicts with a role among ``system``, ``user``, ``assistant`` and string content.
+        New dicts with a role among ``system``, ``user``, ``assistant`` (and ``tool``) and string content.
 
     Raises:
-        InvalidInput: empty list, unknown role, non-text content, or a system message that is
-            not first. ``param`` names the offending field, e.g. ``messages[2].role``.
+        InvalidInput: empty list, unknown role, non-text content, a malformed tool call, or a
+            system message that is not first. ``param`` names the offending field, e.g.
+            ``messages[2].role``.
     """
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
         raise InvalidInput("messages must be a non-empty list", param="messages")
+    roles = (*ROLES, TOOL_ROLE) if tool_turns else ROLES
     out: list[dict] = []
     for i, message in enumerate(messages):
         if hasattr(message, "model_dump"):
@@ -82,14 +91,37 @@ def normalize_messages(messages: Sequence[Mapping]) -> list[dict]:
             raise InvalidInput("each message must be an object with role and content", param=f"messages[{i}]")
         role = message.get("role")
         role = ROLE_SYNONYMS.get(role, role) if isinstance(role, str) else role
-        if role not in ROLES:
-            allowed = ", ".join((*ROLES, *ROLE_SYNONYMS))
+        if role not in roles:
+            allowed = ", ".join((*roles, *ROLE_SYNONYMS))
             got = message.get("role")
             raise InvalidInput(f"role must be one of {allowed}; got {got!r}", param=f"messages[{i}].role")
         if role == "system" and i > 0:
             raise InvalidInput("a system message may only come first", param=f"messages[{i}].role")
-        out.append({"role": role, "content": content_text(message.get("content"), f"messages[{i}].content")})
+        calls = message.get("tool_calls") if tool_turns and role == "assistant" else None
+        content = message.get("content")
+        text = "" if content is None and (calls or role == TOOL_ROLE) else content_text(content, f"messages[{i}].content")
+        out.append({"role": role, "content": text})
+        if calls:
+            out[-1]["tool_calls"] = [_tool_call(call, f"messages[{i}].tool_calls[{j}]") for j, call in enumerate(calls)]
+        if role == TOOL_ROLE and isinstance(message.get("tool_call_id"), str):
+            out[-1]["tool_call_id"] = message["tool_call_id"]
     return out
+
+
+def _tool_call(call: object, param: str) -> dict:
+    """An assistant message's tool call as ``{"id", "type", "function": {"name", "arguments"}}``."""
+    function = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        raise InvalidInput('a tool call is {"type": "function", "function": {"name", "arguments"}}', param=param)
+    arguments = function.get("arguments", "{}")
+    if not isinstance(arguments, (str, Mapping)):
+        raise InvalidInput("a tool call's arguments are a JSON string", param=f"{param}.function.arguments")
+    return {"id": call.get("id"), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
+
+
+def has_tool_turns(messages: Sequence[Mapping]) -> bool:
+    """Whether normalized messages hold tool calls or tool results."""
+    return any(m["role"] == TOOL_ROLE or m.get("tool_calls") for m in messages)
 
 
 def with_system(
@@ -98,7 +130,7 @@ def with_system(
     """Messages with a preamble override as their system message.
 
     Args:
-        messages: chat messages (validated by ``normalize_messages``).
+        messages: chat messages (validated by ``normalize_messages``; tool turns kept).
         preamble: the system text to impose.
         mode: ``replace`` drops any existing system message; ``prefix`` puts the preamble
             before it, separated by a blank line.
@@ -106,7 +138,7 @@ def with_system(
     Returns:
         New normalized messages whose first one is the system message.
     """
-    msgs = normalize_messages(messages)
+    msgs = normalize_messages(messages, tool_turns=True)
     if msgs[0]["role"] == "system":
         old = msgs.pop(0)["content"]
         if mode == "prefix" and old:
@@ -169,11 +201,11 @@ def _render_llama2(tokenizer, msgs: list[dict], add_generation_prompt: bool) -> 
     return _join(pieces)
 
 
-def _apply_template(tokenizer, msgs: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _apply_template(tokenizer, msgs: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    return tokenizer.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def _span_by_prefix(tokenizer, msgs: list[dict], i: int, text: str) -> Span | None:
+def _span_by_prefix(tokenizer, msgs: list[dict], i: int, text: str, tools: list[dict] | None = None) -> Span | None:
     """Assistant turn ``i`` as the text added by ``msgs[i]`` after the generation prompt.
 
     ``render(msgs[:i], generation prompt)`` must be a prefix of ``render(msgs[:i+1])``, itself
@@ -181,8 +213,8 @@ def _span_by_prefix(tokenizer, msgs: list[dict], i: int, text: str) -> Span | No
     the content), is the turn. None when the template does not render prefixes that way.
     """
     try:
-        before = _apply_template(tokenizer, msgs[:i], True)
-        upto = _apply_template(tokenizer, msgs[: i + 1], False)
+        before = _apply_template(tokenizer, msgs[:i], True, tools)
+        upto = _apply_template(tokenizer, msgs[: i + 1], False, tools)
     except Exception:  # noqa: BLE001  (templates may refuse partial conversations)
         return None
     if not (upto.startswith(before) and text.startswith(upto)):
@@ -212,14 +244,16 @@ def _span_by_search(tokenizer, content: str, text: str, cursor: int) -> Span | N
     return (at, end)
 
 
-def _render_template(tokenizer, msgs: list[dict], add_generation_prompt: bool) -> tuple[str, list[Span]]:
-    """The tokenizer's own chat template; assistant spans found by rendering prefixes."""
+def _render_template(
+    tokenizer, msgs: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None
+) -> tuple[str, list[Span]]:
+    """The tokenizer's own chat template (given ``tools`` when it renders them); assistant spans found by rendering prefixes."""
     if not getattr(tokenizer, "chat_template", None):
         raise InvalidInput(
             "this model's tokenizer has no chat template; choose a named chat_format", param="chat_format"
         )
     try:
-        text = _apply_template(tokenizer, msgs, add_generation_prompt)
+        text = _apply_template(tokenizer, msgs, add_generation_prompt, tools)
     except Exception as exc:  # noqa: BLE001  (jinja raise_exception → the caller's messages)
         raise InvalidInput(f"the model's chat template rejected the messages: {exc}", param="messages") from exc
     spans: list[Span] = []
@@ -227,7 +261,7 @@ def _render_template(tokenizer, msgs: list[dict], add_generation_prompt: bool) -
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        span = _span_by_prefix(tokenizer, msgs, i, text) or _span_by_search(tokenizer, m["content"], text, cursor)
+        span = _span_by_prefix(tokenizer, msgs, i, text, tools) or _span_by_search(tokenizer, m["content"], text, cursor)
         if span is None:
             log.warning("chat template changes assistant message %d: it is left out of the mask", i)
             continue
@@ -241,6 +275,54 @@ FORMATS: dict[str, Callable[..., tuple[str, list[Span]]]] = {
     "chatml": _render_chatml,
     "llama2": _render_llama2,
 }
+
+
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe", "description": "Probe.",
+                                               "parameters": {"type": "object", "properties": {}}}}
+_RENDERS_TOOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def renders_tools(tokenizer) -> bool:
+    """Whether the tokenizer's chat template has a tools section (Qwen2.5's does, SmolLM2's not).
+
+    Found by rendering one user turn with and without a probe tool: a template that ignores
+    ``tools`` renders both alike. Remembered per tokenizer.
+    """
+    try:
+        return _RENDERS_TOOLS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    answer = False
+    if getattr(tokenizer, "chat_template", None):
+        probe = [{"role": "user", "content": "Hi"}]
+        try:
+            answer = _apply_template(tokenizer, probe, True, [_PROBE_TOOL]) != _apply_template(tokenizer, probe, True)
+        except Exception:  # noqa: BLE001  (a template that raises on tools has no tools section)
+            answer = False
+    try:
+        _RENDERS_TOOLS[tokenizer] = answer
+    except TypeError:
+        pass
+    return answer
+
+
+def _template_tool_turns(msgs: list[dict]) -> list[dict]:
+    """Tool calls as chat templates expect them: arguments as an object (JSON text parsed), as vLLM passes them."""
+    out = []
+    for m in msgs:
+        if m.get("tool_calls"):
+            calls = []
+            for call in m["tool_calls"]:
+                arguments = call["function"]["arguments"]
+                if isinstance(arguments, str):
+                    try:
+                        arguments = json.loads(arguments)
+                    except ValueError:
+                        pass
+                calls.append({**call, "function": {**call["function"], "arguments": arguments}})
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    return out
 
 
 def available_formats() -> list[str]:
@@ -268,6 +350,7 @@ def render_chat(
     *,
     chat_format: str = "template",
     add_generation_prompt: bool = True,
+    functions: Mapping[str, Mapping] | None = None,
 ) -> RenderedPrompt:
     """Render messages into token ids and an assistant mask.
 
@@ -277,6 +360,10 @@ def render_chat(
         chat_format: ``template`` (the tokenizer's chat template), ``chatml`` or ``llama2``.
         add_generation_prompt: end with the opening of an assistant turn (serving); False
             to render a finished conversation (fine-tuning).
+        functions: The tools described to the model, by name (``prompts.tools.tool_functions``).
+            With them, or with tool calls and results in ``messages``, a ``template`` whose chat
+            template has a tools section renders them itself; every other format gets the
+            Hermes-style rewrite of ``prompts.tools.with_tools``.
 
     Returns:
         The text, its ids (tokenized once, without adding special tokens) and, per id, 1 if
@@ -291,8 +378,15 @@ def render_chat(
         raise InvalidInput(
             f"unknown chat_format {chat_format!r}; available: {', '.join(available_formats())}", param="chat_format"
         )
-    msgs = normalize_messages(messages)
-    text, spans = builder(tokenizer, msgs, add_generation_prompt)
+    msgs = normalize_messages(messages, tool_turns=True)
+    if functions or has_tool_turns(msgs):
+        if chat_format == "template" and renders_tools(tokenizer):
+            tools = [{"type": "function", "function": dict(f)} for f in (functions or {}).values()] or None
+            text, spans = _render_template(tokenizer, _template_tool_turns(msgs), add_generation_prompt, tools)
+        else:
+            text, spans = builder(tokenizer, with_tools(msgs, functions or {}), add_generation_prompt)
+    else:
+        text, spans = builder(tokenizer, msgs, add_generation_prompt)
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
     ids = list(enc["input_ids"])
     return RenderedPrompt(ids=ids, assistant_mask=_mask(enc["offset_mapping"], spans), text=text)

@@ -1,6 +1,8 @@
-"""Function calling for models without a tools section in their chat template: Hermes-style text.
+"""Function calling: OpenAI ``tools`` checked, and Hermes-style text for chat templates without tools.
 
-The tools go into the system message as a ``<tools>`` block of their JSON signatures, with
+A model whose chat template has a tools section (Qwen2.5's) renders tools and tool turns
+itself (``prompts.formats.render_chat`` finds out); for every other model and named format:
+the tools go into the system message as a ``<tools>`` block of their JSON signatures, with
 the instruction to answer a call as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
 (the convention NousResearch's Hermes models and Qwen2.5's template use). An assistant turn
 that called tools is written back with those tags, and a ``tool`` message becomes a user turn
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from atelier.errors import InvalidInput
-from atelier.prompts.formats import content_text
 
 TOOLS_PROMPT = (
     "You may call functions to answer. Their signatures are in the <tools></tools> block below.\n"
@@ -73,52 +74,46 @@ def with_tools(messages: Sequence[Mapping[str, Any]], functions: Mapping[str, Ma
     """The conversation as plain system/user/assistant turns, the tools described in the system turn.
 
     Args:
-        messages: OpenAI messages, possibly with ``assistant`` turns holding ``tool_calls`` and
-            ``tool`` turns holding results.
+        messages: Messages as ``prompts.formats.normalize_messages(..., tool_turns=True)``
+            returns them: ``assistant`` turns may hold ``tool_calls``, ``tool`` turns hold results.
         functions: The request's functions (``tool_functions``); none leaves no tools block.
 
     Returns:
         Messages that any chat format renders.
     """
     out: list[dict] = []
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
+    for message in messages:
+        role, content = message["role"], message["content"]
         if role == "assistant" and message.get("tool_calls"):
-            text = _text_parts(content, i)
             calls = [_call_text(call) for call in message["tool_calls"]]
-            out.append({"role": "assistant", "content": "\n".join(([text] if text else []) + calls)})
+            out.append({"role": "assistant", "content": "\n".join(([content] if content else []) + calls)})
         elif role == "tool":
-            response = f"<tool_response>\n{_text_parts(content, i)}\n</tool_response>"
+            response = f"<tool_response>\n{content}\n</tool_response>"
             previous = out[-1] if out else None
             if previous and previous["role"] == "user" and str(previous["content"]).startswith("<tool_response>"):
                 previous["content"] += "\n" + response  # parallel calls' results: one turn
             else:
                 out.append({"role": "user", "content": response})
         else:
-            out.append({"role": role, "content": content})  # checked by the chat format's normalize_messages
+            out.append({"role": role, "content": content})
     if functions:
         block = TOOLS_PROMPT.format(tools="\n".join(json.dumps({"type": "function", "function": f}, sort_keys=True)
                                                     for f in functions.values()))
-        if out and out[0]["role"] in ("system", "developer"):
-            out[0] = {"role": out[0]["role"], "content": f"{_text_parts(out[0]['content'], 0)}\n\n{block}"}
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{block}"}
         else:
             out.insert(0, {"role": "system", "content": block})
     return out
 
 
-def _text_parts(content: Any, index: int) -> str:
-    """A message's text (None: empty), checked as every message's content is (400 naming ``messages[i].content``)."""
-    return "" if content is None else content_text(content, f"messages[{index}].content")
-
-
 def _call_text(call: Mapping[str, Any]) -> str:
-    function = call.get("function") or {}
+    function = call["function"]
     arguments = function.get("arguments") or "{}"
     try:
         arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
     except ValueError:
         pass
-    return "<tool_call>" + json.dumps({"name": function.get("name"), "arguments": arguments}) + "</tool_call>"
+    return "<tool_call>" + json.dumps({"name": function["name"], "arguments": arguments}) + "</tool_call>"
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:

@@ -8,6 +8,7 @@ import jsonschema
 import pytest
 
 from atelier.errors import InvalidInput
+from atelier.prompts.formats import normalize_messages
 from atelier.prompts.tools import ToolCall, call_schema, parse_tool_calls, tool_functions, with_tools
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -39,7 +40,7 @@ def test_a_tool_calling_conversation_becomes_plain_turns():
         {"role": "tool", "tool_call_id": "c1", "content": "21 C"},
         {"role": "tool", "tool_call_id": "c2", "content": "25 C"},
     ]  # fmt: skip
-    out = with_tools(messages, tool_functions([WEATHER]))
+    out = with_tools(normalize_messages(messages, tool_turns=True), tool_functions([WEATHER]))
     assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
     assert out[0]["content"].startswith("Be brief.\n\n") and '"name": "get_weather"' in out[0]["content"]
     assert out[2]["content"].count("<tool_call>") == 2 and '"city": "Rome"' in out[2]["content"]
@@ -69,8 +70,16 @@ def test_a_forced_call_schema_accepts_only_calls_with_valid_arguments():
 
 def test_tool_turns_are_checked_like_every_message():
     with pytest.raises(InvalidInput) as refused:
-        with_tools([{"role": "user", "content": "hi"}, {"role": "tool", "content": [{"type": "image_url"}]}], {})
+        normalize_messages([{"role": "user", "content": "hi"}, {"role": "tool", "content": [{"type": "image_url"}]}],
+                           tool_turns=True)
     assert refused.value.param == "messages[1].content[0].type"
     with pytest.raises(InvalidInput):
-        with_tools([{"role": "assistant", "content": [{"type": "text"}], "tool_calls": [
-            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}], {})
+        normalize_messages([{"role": "assistant", "content": [{"type": "text"}], "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}], tool_turns=True)
+    with pytest.raises(InvalidInput) as refused:
+        normalize_messages([{"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": 3}}]}], tool_turns=True)
+    assert refused.value.param == "messages[0].tool_calls[0].function.arguments"
+    with pytest.raises(InvalidInput) as refused:
+        normalize_messages([{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}])
+    assert refused.value.param == "messages[1].role"  # tool turns only where the caller accepts them

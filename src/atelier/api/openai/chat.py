@@ -1,9 +1,9 @@
 """``POST /v1/chat/completions``: OpenAI chat completions, streamed or not.
 
 Messages go through Atelier's prompt engineering (preamble, k-shot examples, chain of
-thought; tools described Hermes-style and tool turns rewritten, ``prompts/tools.py``), then
-through the one generation pipeline (``cloud.generation``: model resolved after the policy
-check, rendered in the model's chat format, sized, the output constrained when the request
+thought), then through the one generation pipeline (``cloud.generation``: model resolved
+after the policy check, rendered in the model's chat format with the tools, by the model's
+own template when it has a tools section, else Hermes-style (``prompts/tools.py``), sized, the output constrained when the request
 asks for JSON, a schema or a forced tool call, admitted; ``n`` choices) and are answered in
 OpenAI's shape (``api/openai/serving.py``). With ``knowledge_base`` the answer is grounded
 (``grounded_chat.py``). Holds no model math and no authentication.
@@ -23,23 +23,21 @@ from atelier.cloud.generation import Shape
 from atelier.errors import InvalidInput
 from atelier.prompts.formats import normalize_messages, with_system
 from atelier.prompts.templates import PromptTemplate
-from atelier.prompts.tools import with_tools
 
 router = APIRouter(tags=["openai"])
 
 
-def build_messages(body: ChatCompletionRequest, tools: ToolPlan = ToolPlan()) -> list[dict]:
-    """The conversation after prompt engineering.
+def build_messages(body: ChatCompletionRequest) -> list[dict]:
+    """The conversation after prompt engineering, tool calls and tool results kept.
 
-    Tool calls and tool results become plain turns and the tools are described in the system
-    message (when the request uses them); k-shot examples and chain of thought apply to the
-    last user message (the examples become user/assistant turns just before it); ``preamble``
-    replaces any system message (the tools' description follows it).
+    K-shot examples and chain of thought apply to the last user message (the examples become
+    user/assistant turns just before it); ``preamble`` replaces any system message. The tools
+    are rendered with the conversation (``render_chat``).
 
     Raises:
         InvalidInput: Invalid messages, or examples/chain of thought without a user message.
     """
-    messages = normalize_messages(with_tools([m.model_dump() for m in body.messages], {}))
+    messages = normalize_messages([m.model_dump() for m in body.messages], tool_turns=True)
     if body.examples or body.chain_of_thought:
         last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), None)
         if last is None:
@@ -49,7 +47,7 @@ def build_messages(body: ChatCompletionRequest, tools: ToolPlan = ToolPlan()) ->
         messages = messages[:last] + template.messages(messages[last]["content"]) + messages[last + 1 :]
     if body.preamble is not None:
         messages = with_system(messages, body.preamble)
-    return with_tools(messages, tools.functions) if tools.functions else messages
+    return messages
 
 
 def shape_of(body: ChatCompletionRequest, tools: ToolPlan) -> Shape:
@@ -84,7 +82,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidInput("top_logprobs needs logprobs: true", param="top_logprobs")
     tools = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
-    messages = build_messages(body, tools)
+    messages = build_messages(body)
     if body.knowledge_base is not None:  # grounded in a knowledge base: answer with citations
         if tools.mode != "none" or body.n != 1:
             raise InvalidInput("knowledge_base answers one choice without tools", param="knowledge_base")
@@ -94,7 +92,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         return await grounded_chat.complete(request, services, guard, body, messages)
     prepared = await services.generation.prepare_chat(guard, body.model, messages, body.sampling,
                                                       limit=body.limit("messages"), chat_format=body.chat_format,
-                                                      shape=shape_of(body, tools))
+                                                      shape=shape_of(body, tools), functions=tools.functions)
     return await respond_chat(request, services.generation, guard.principal, prepared, prepared.served,
                               reader_for(services, prepared.served, body, tools), stream=body.stream,
                               include_usage=body.include_usage)
