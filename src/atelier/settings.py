@@ -86,6 +86,34 @@ class Settings(BaseSettings):
         100 * 1024 * 1024, ge=1, le=2**31 - 1024, description="Largest file accepted by POST /v1/files (413 above)."
     )
     device: str = Field("cpu", description="torch device for the in-process engine ('cpu' or 'cuda').")
+    engine: Literal["local", "vllm"] = Field(
+        "local",
+        description="What serves chat models: 'local' (the in-process engine) or 'vllm' (vLLM OpenAI servers at "
+        "vllm_url; embeddings stay in-process).",
+    )
+    vllm_url: str | None = Field(
+        None, description="Base URL of a vLLM OpenAI server (engine=vllm), or several separated by commas."
+    )
+    vllm_adapter_dir: Path | None = Field(
+        None,
+        description="Directory the vLLM servers read adapters from (engine=vllm); Atelier writes each hosted "
+        "adapter there under an opaque name while it is loaded. Default <data_dir>/vllm-adapters.",
+    )
+    jobs: Literal["local", "ray"] = Field(
+        "local", description="Where jobs run: 'local' (worker processes of `atelier serve`) or 'ray' (ray_address)."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster address for jobs=ray ('auto', 'ray://host:10001', or 'local' to start one)."
+    )
+    object_store: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description="s3://bucket/prefix keeps sealed objects in an S3-compatible bucket (endpoint and credentials "
+        "from the usual AWS_* variables, or s3_endpoint_url); default: the local directory <data_dir>/objects.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of the S3-compatible service (default: AWS_ENDPOINT_URL, else AWS itself)."
+    )
     worker_restart_seconds: float = Field(
         1.0, ge=0.1, le=60, description="Delay before `serve` restarts a job worker that ended; doubled at each quick "
         "death up to a minute.",
