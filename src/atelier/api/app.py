@@ -60,7 +60,7 @@ def create_app(
 
     Args:
         settings: Service settings; default: from the environment.
-        engine: The inference engine; default: a ``LocalEngine`` over the catalog, created
+        engine: The inference engine; default: the one the ``engine`` setting names (``open_engine``), created
             at startup and closed at shutdown. A given engine belongs to the caller, who
             closes it.
         catalog: The model catalog; default: ``Catalog.load(settings.catalog_file)``.

@@ -2,7 +2,8 @@
 
 The service is ``degraded`` (still 200: it answers) when jobs wait and no live worker runs
 their kind, or when a worker ``atelier serve`` keeps running is down: new fine-tuning or
-ingestion jobs would wait until one is back. Counts only, no tenant data.
+ingestion jobs would wait until one is back; and when the engine reports problems (a vLLM
+server that does not answer). Counts only, no tenant data.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def problems_of(workers: WorkersHealth) -> list[str]:
 async def health(services: ServicesDep) -> Health:
     """``ok`` while the service answers and its jobs can run; ``degraded`` when jobs would wait (see the module)."""
     workers = await run_in_threadpool(workers_health, services)
-    problems = problems_of(workers)
+    engine = await run_in_threadpool(services.engine.health)  # a vLLM-backed engine asks its servers
+    problems = problems_of(workers) + list(engine.get("problems", []))
     return Health(status="degraded" if problems else "ok", problems=problems, version=__version__,
-                  engine=services.engine.health(), workers=workers)
+                  engine=engine, workers=workers)

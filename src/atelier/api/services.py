@@ -30,7 +30,7 @@ from atelier.cloud.grounding import Grounding
 from atelier.cloud.knowledge_bases import KnowledgeBaseService
 from atelier.cloud.served_models import ServedModels
 from atelier.cloud.units import UnitTable
-from atelier.engine.client import EngineClient, LocalEngine
+from atelier.engine.client import EngineClient, open_engine
 from atelier.engine.types import Usage
 from atelier.store.jobs import JobQueue
 from atelier.principal import Principal
@@ -44,7 +44,8 @@ from atelier.settings import Settings
 from atelier.store.db import Database
 from atelier.store.files import FileStore
 from atelier.store.knowledge_bases import repair as repair_knowledge_bases
-from atelier.store.objects import LocalObjectStore, ObjectStore
+from atelier.store.object_stores import open_object_store
+from atelier.store.objects import ObjectStore
 from atelier.store.vectors import open_vector_store
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ class Services:
             settings: Service settings.
             catalog: The model catalog.
             metrics: The app's metrics (its middleware exists before the lifespan runs).
-            engine: The inference engine; default a ``LocalEngine`` over the catalog, owned
+            engine: The inference engine; default the one the ``engine`` setting names (``open_engine``), owned
                 (and closed) by the returned services.
             workers: The job workers started beside the service, if any (for ``/health``).
 
@@ -150,7 +151,7 @@ class Services:
             new_key = ensure_operator(db, settings, catalog)
             root_key = RootKey.from_settings(settings)
             keys = KeyManager(db, root_key)
-            objects = LocalObjectStore(settings.data_path / "objects", keys, db)
+            objects = open_object_store(settings, keys, db)
             vectors = open_vector_store(settings, db)
             built.append(vectors)
             repaired = repair_knowledge_bases(db, vectors, objects)
@@ -161,7 +162,7 @@ class Services:
             limits = RateLimiter(Limits.from_settings(settings), database_lookup(db), on_tokens=monitor.observe_tokens)
             units = UnitTable.load(settings.units_file)
             owns_engine = engine is None
-            engine = engine or LocalEngine(catalog, settings)
+            engine = engine or open_engine(catalog, settings)
             files = FileStore(db, objects)
             jobs = JobQueue(db)
             adapters = AdapterHost(engine, objects, settings.data_path / "tmp")

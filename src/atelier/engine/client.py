@@ -1,8 +1,8 @@
 """The one interface through which the service reaches models (vLLM-style).
 
 ``EngineClient`` is what the API depends on; ``LocalEngine`` implements it in-process
-(PyTorch, a scheduler thread per chat model). A vLLM-backed client would implement the
-same protocol. This module knows nothing about HTTP, tenants or policies.
+(PyTorch, a scheduler thread per chat model); ``engine.vllm_client.VllmEngine`` implements it
+over vLLM servers; ``open_engine`` picks one by the ``engine`` setting. This module knows nothing about HTTP, tenants or policies.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from atelier.engine.adapter_budget import make_room
 from atelier.engine.adapters import read_peft_adapter
 from atelier.engine.constraints import check_constraint
 from atelier.engine.embedding import Embedder
@@ -211,7 +212,9 @@ class LocalEngine:
                 self._adapters.move_to_end(key)
                 return found.slot
         weights = read_peft_adapter(directory, sched.adapters.linears)  # any thread: parse and check
-        evicted = self._make_room(weights.nbytes)
+        with self._lock:
+            evicted = make_room(self._adapters, self._slots, weights.nbytes, self._settings.adapter_memory_mb,
+                                lambda a: a.in_use == 0 and a.ready)
         for old in evicted:
             self._unload(old, Unavailable("the adapter was unloaded"))
         with self._lock:
@@ -232,30 +235,6 @@ class LocalEngine:
         adapter.ready = True
         log.info("adapter %s loaded over %s (slot %d, %.1f MB)", key, model, adapter.slot, weights.nbytes / 2**20)
         return adapter.slot
-
-    def _make_room(self, nbytes: int) -> list["_Adapter"]:
-        """Take least recently used idle adapters out of the tables until ``nbytes`` fits the budget."""
-        budget = int(self._settings.adapter_memory_mb * 2**20)
-        evicted = []
-        with self._lock:
-            used = sum(a.nbytes for a in self._slots.values())
-            for adapter in list(self._adapters.values()):
-                if used + nbytes <= budget:
-                    break
-                if adapter.in_use == 0 and adapter.ready:
-                    used -= adapter.nbytes
-                    self._slots.pop(adapter.slot, None)
-                    self._adapters.pop(adapter.key, None)
-                    evicted.append(adapter)
-            if used + nbytes > budget:
-                for adapter in evicted:  # nothing happened: put them back
-                    self._slots[adapter.slot] = adapter
-                    self._adapters[adapter.key] = adapter
-                raise Unavailable(
-                    f"the adapter needs {nbytes / 2**20:.1f} MB and the adapter memory budget "
-                    f"({self._settings.adapter_memory_mb} MB) is held by adapters in use; retry later",
-                )
-        return evicted
 
     def _unload(self, adapter: "_Adapter", exc: BaseException) -> None:
         def run() -> None:
@@ -372,3 +351,12 @@ class LocalEngine:
         self._adapters.clear()
         self._slots.clear()
         self._embedders.clear()
+
+
+def open_engine(catalog, settings) -> EngineClient:
+    """The engine the ``engine`` setting names: ``LocalEngine`` (default) or ``VllmEngine``."""
+    if settings.engine == "vllm":
+        from atelier.engine.vllm_client import VllmEngine
+
+        return VllmEngine(catalog, settings)
+    return LocalEngine(catalog, settings)

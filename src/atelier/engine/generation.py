@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from atelier.engine.types import (
-    LOOP_NGRAM,
-    LOOP_REPEATS,
     FinishReason,
     GenerationRequest,
+    LoopGuard,
     TokenEvent,
     TokenLogprob,
     Usage,
@@ -102,16 +101,8 @@ class Sequence:
     finish_reason: FinishReason | None = None
     aborted: bool = False
     stopped_by: str | None = None
-    ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
-    """Occurrences of each ``LOOP_NGRAM`` of the output, for the loop guard."""
-
-    def _repeating(self) -> bool:
-        """Whether the output's last ``LOOP_NGRAM`` tokens have now occurred ``LOOP_REPEATS`` times."""
-        if len(self.output_ids) < LOOP_NGRAM:
-            return False
-        gram = tuple(self.output_ids[-LOOP_NGRAM:])
-        self.ngrams[gram] = self.ngrams.get(gram, 0) + 1
-        return self.ngrams[gram] >= LOOP_REPEATS
+    loop: LoopGuard = field(default_factory=LoopGuard)
+    """The output's n-grams, for the loop guard."""
 
     @property
     def prompt_len(self) -> int:
@@ -149,7 +140,7 @@ class Sequence:
             if self.stream.stopped or complete:
                 self.finish_reason = "stop"
                 text += self.stream.flush()
-            elif self.request.params.loop_guard and self._repeating():
+            elif self.request.params.loop_guard and self.loop.repeating(token_id):
                 self.finish_reason, self.stopped_by = "stop", "repetition"
                 text += self.stream.flush()
             elif len(self.output_ids) >= self.max_new:

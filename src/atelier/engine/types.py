@@ -101,6 +101,23 @@ LOOP_NGRAM = 4
 LOOP_REPEATS = 3
 
 
+@dataclass
+class LoopGuard:
+    """``SamplingParams.loop_guard``: counts each ``LOOP_NGRAM`` of an output as its tokens arrive."""
+
+    tail: list[int] = field(default_factory=list)
+    counts: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+    def repeating(self, token_id: int) -> bool:
+        """Add a token; whether the output's last ``LOOP_NGRAM`` tokens have now occurred ``LOOP_REPEATS`` times."""
+        self.tail = [*self.tail[-(LOOP_NGRAM - 1):], token_id]
+        if len(self.tail) < LOOP_NGRAM:
+            return False
+        gram = tuple(self.tail)
+        self.counts[gram] = self.counts.get(gram, 0) + 1
+        return self.counts[gram] >= LOOP_REPEATS
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """A token's log probability and the most likely tokens at its position (``SamplingParams.logprobs``)."""
