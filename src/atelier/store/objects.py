@@ -2,11 +2,12 @@
 
 One interface, ``ObjectStore``, sealed by a key manager: a blob is encrypted before it
 reaches a backend and opened after it comes back, so no backend ever holds plaintext. The
-local-directory backend is the default; an S3-compatible one can implement the same
-protocol (ciphertext in the bucket, the metadata row here). Each object has a row in the
-``objects`` table (tenancy, kind, ciphertext size, key version, wrapped data key, nonces)
-and a payload file named by its opaque id, ``<root>/<tenancy id>/<object id>``: never a
-name chosen by a user. Another tenancy's object is ``NotFound``, exactly like a missing one.
+local-directory backend is the default; ``atelier.store.s3_objects`` keeps payloads in an
+S3-compatible bucket instead (``store/object_stores.py`` picks one from the settings). Both share
+``SealedObjectStore``: each object has a row in the ``objects`` table (tenancy, kind,
+ciphertext size, key version, wrapped data key, nonces) and a payload named by its opaque
+ids, ``<tenancy id>/<object id>`` under the backend's root: never a name chosen by a user.
+Another tenancy's object is ``NotFound``, exactly like a missing one.
 
 This module declares what it needs from a key manager (``Sealer``, ``SealedBlob``) and knows
 nothing about how keys are kept (``atelier.security.crypto`` implements it), nor about HTTP.
@@ -15,6 +16,7 @@ nothing about how keys are kept (``atelier.security.crypto`` implements it), nor
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -153,30 +155,51 @@ class ObjectStore(Protocol):
         ...
 
 
-# --- local directory backend ---------------------------------------------------------
+# --- what every backend shares: rows, sealing, scoping ---------------------------------
 
 
-class LocalObjectStore:
-    """``ObjectStore`` over a local directory (the embedded default).
+class SealedObjectStore(ABC):
+    """Everything of an ``ObjectStore`` but where payloads are kept.
 
-    Payload writes are atomic: a temporary file in the object's directory (mode 0600) is
-    written, flushed and fsynced, renamed to the object id, and the directory is fsynced.
-    The metadata row is inserted first (which reserves the id) and committed only once the
-    payload is in place, so a committed row always has its payload; a crash leaves at worst
-    a ``.*.tmp`` file or a ciphertext without a row, both unreadable and never served.
-    Objects are sealed whole in memory (at most 2 GiB - 1 bytes each).
+    Each object is a row in the ``objects`` table (its wrapped data key and nonces) and a
+    ciphertext payload kept by the backend under ``(tenancy id, object id)``. The row is
+    inserted first (which reserves the id) and committed only once the payload is stored,
+    so a committed row always has its payload; a failed or interrupted put leaves at worst
+    a payload without a row, which is never served (and cannot be opened: its data key was
+    in the row). Delete removes the row, then the payload: once the row is gone the object
+    is shredded whatever becomes of its payload. Objects are sealed whole in memory (at most
+    2 GiB - 1 bytes each).
+
+    A backend implements the four payload methods; ids reaching them are always valid.
 
     Args:
-        root_dir: Directory for payloads (created with mode 0700).
         key_manager: Seals and opens payloads; must use the same database as ``db``.
         db: The metadata database (table ``objects``).
     """
 
-    def __init__(self, root_dir: Path | str, key_manager: Sealer, db: Database):
-        self.root = Path(root_dir).expanduser()
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def __init__(self, key_manager: Sealer, db: Database):
         self._keys = key_manager
         self._db = db
+
+    # --- payload I/O: what a backend implements ---------------------------------------
+
+    @abstractmethod
+    def _write_payload(self, tenancy_id: str, object_id: str, ciphertext: bytes) -> None:
+        """Store the payload durably (called with the object's row reserved, not committed)."""
+
+    @abstractmethod
+    def _discard_payload(self, tenancy_id: str, object_id: str) -> None:
+        """Best effort: remove what a failed put may have stored; never raises."""
+
+    @abstractmethod
+    def _read_payload(self, tenancy_id: str, object_id: str) -> bytes | None:
+        """The payload, or None if the backend has none under these ids."""
+
+    @abstractmethod
+    def _delete_payload(self, tenancy_id: str, object_id: str) -> None:
+        """Remove the payload of an object whose row is already deleted (missing is fine)."""
+
+    # --- the ObjectStore protocol -----------------------------------------------------
 
     def put(self, owner: Owner, kind: str, data: bytes, *, object_id: str | None = None) -> ObjectRef:
         """Seal ``data`` and store it.
@@ -184,7 +207,7 @@ class LocalObjectStore:
         Args:
             owner: Principal or tenancy id.
             kind: One of ``OBJECT_KINDS``.
-            data: The plaintext; it never reaches the disk.
+            data: The plaintext; it never reaches the backend.
             object_id: A fixed id (e.g. chosen by the service for a row of its own);
                 default a fresh ``obj_…`` id.
 
@@ -196,6 +219,7 @@ class LocalObjectStore:
             NotFound: No such tenancy.
             Conflict: ``object_id`` is already taken.
             TooLarge: ``data`` is over the sealer's size limit.
+            Unavailable: The backend cannot store the payload (remote backends).
         """
         tenancy_id = self._check_tenancy(owner)
         if kind not in OBJECT_KINDS:
@@ -210,8 +234,7 @@ class LocalObjectStore:
                 raise Conflict(f"object {object_id!r} already exists", param="object_id")
         # Sealed before the row's transaction opens: the key manager may write (a new ring).
         blob = self._keys.seal(tenancy_id, object_id, data)
-        path = self._path(tenancy_id, object_id)
-        owned = False  # whether the id is ours, hence the payload path too
+        owned = False  # whether the id is ours, hence the payload's place too
         try:
             with self._db.session() as session:
                 row = StoredObject(
@@ -231,11 +254,10 @@ class LocalObjectStore:
                 except IntegrityError:
                     raise Conflict(f"object {object_id!r} already exists", param="object_id") from None
                 owned = True
-                self._write_atomic(path, blob.ciphertext)
+                self._write_payload(tenancy_id, object_id, blob.ciphertext)
         except BaseException:
             if owned:  # the row did not commit: its payload must not stay behind
-                with suppress(OSError):
-                    path.unlink(missing_ok=True)
+                self._discard_payload(tenancy_id, object_id)
             raise
         return ObjectRef.of(row)
 
@@ -245,17 +267,17 @@ class LocalObjectStore:
         Raises:
             NotFound: No such object in the owner's tenancy.
             Undecryptable: Altered or moved payload, retired key version, or shredded ring.
-            Unavailable: The row exists but its payload file is missing.
+            Unavailable: The row exists but its payload is missing, or the backend cannot
+                be reached.
         """
         tenancy_id = tenancy_of(owner)
         with self._db.session() as session:
             row = self._row(session, tenancy_id, object_id)
-        try:
-            ciphertext = self._path(tenancy_id, object_id).read_bytes()
-        except FileNotFoundError:
+        ciphertext = self._read_payload(tenancy_id, object_id)
+        if ciphertext is None:
             if not self.exists(owner, object_id):  # deleted meanwhile
-                raise NotFound(f"object {object_id!r} not found", param="object_id") from None
-            raise Unavailable(f"the payload of object {object_id!r} is missing from the store") from None
+                raise NotFound(f"object {object_id!r} not found", param="object_id")
+            raise Unavailable(f"the payload of object {object_id!r} is missing from the store")
         blob = SealedBlob(ciphertext, row.nonce, row.wrapped_dek, row.dek_nonce, row.key_version)
         return self._keys.open(tenancy_id, object_id, blob)
 
@@ -277,7 +299,7 @@ class LocalObjectStore:
         return True
 
     def delete(self, owner: Owner, object_id: str) -> None:
-        """Delete the row, then the payload file.
+        """Delete the row (with it the wrapped data key), then the payload.
 
         Raises:
             NotFound: No such object in the owner's tenancy.
@@ -285,15 +307,13 @@ class LocalObjectStore:
         tenancy_id = tenancy_of(owner)
         with self._db.session() as session:
             session.delete(self._row(session, tenancy_id, object_id))
-        path = self._path(tenancy_id, object_id)
-        path.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        self._delete_payload(tenancy_id, object_id)
 
     def rewrap_all(self, owner: Owner) -> int:
         """Re-wrap the data key of every object of the tenancy below its newest key version.
 
-        Only rows change (wrapped key, its nonce, key version); payload files are neither
-        read nor written, and no plaintext is produced. A row changed meanwhile (deleted, or
+        Only rows change (wrapped key, its nonce, key version); payloads are neither read
+        nor written, and no plaintext is produced. A row changed meanwhile (deleted, or
         re-wrapped by another call) is left as it is.
 
         Returns:
@@ -343,17 +363,57 @@ class LocalObjectStore:
             raise NotFound(f"object {object_id!r} not found", param="object_id")
         return row
 
+
+# --- local directory backend ---------------------------------------------------------
+
+
+class LocalObjectStore(SealedObjectStore):
+    """``ObjectStore`` over a local directory (the embedded default).
+
+    Payload writes are atomic: a temporary file in the object's directory (mode 0600) is
+    written, flushed and fsynced, renamed to the object id, and the directory is fsynced.
+    A crash leaves at worst a ``.*.tmp`` file or a ciphertext without a row, both
+    unreadable and never served.
+
+    Args:
+        root_dir: Directory for payloads (created with mode 0700).
+        key_manager: Seals and opens payloads; must use the same database as ``db``.
+        db: The metadata database (table ``objects``).
+    """
+
+    def __init__(self, root_dir: Path | str, key_manager: Sealer, db: Database):
+        super().__init__(key_manager, db)
+        self.root = Path(root_dir).expanduser()
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _write_payload(self, tenancy_id: str, object_id: str, ciphertext: bytes) -> None:
+        path = self._path(tenancy_id, object_id)
+        directory = path.parent
+        if not directory.is_dir():
+            directory.mkdir(mode=0o700, exist_ok=True)
+            fsync_dir(self.root)
+        write_atomically(path, ciphertext, mode=0o600)
+
+    def _discard_payload(self, tenancy_id: str, object_id: str) -> None:
+        with suppress(OSError):
+            self._path(tenancy_id, object_id).unlink(missing_ok=True)
+
+    def _read_payload(self, tenancy_id: str, object_id: str) -> bytes | None:
+        try:
+            return self._path(tenancy_id, object_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _delete_payload(self, tenancy_id: str, object_id: str) -> None:
+        path = self._path(tenancy_id, object_id)
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+
     def _path(self, tenancy_id: str, object_id: str) -> Path:
         if not (is_valid_id(tenancy_id) and is_valid_id(object_id)):  # never a path from outside
             raise NotFound(f"object {object_id!r} not found", param="object_id")
         return self.root / tenancy_id / object_id
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        directory = path.parent
-        if not directory.is_dir():
-            directory.mkdir(mode=0o700, exist_ok=True)
-            fsync_dir(self.root)
-        write_atomically(path, data, mode=0o600)
-
     def __repr__(self) -> str:
         return f"LocalObjectStore({str(self.root)!r})"
+
