@@ -32,7 +32,7 @@ def build_handlers(settings: Settings, db: Database) -> dict[str, Handler]:
     from atelier.jobs.fine_tune import build_fine_tune  # torch, PEFT: imported by workers only
     from atelier.jobs.kb_ingest import build_kb_ingest
     from atelier.security.crypto import KeyManager, RootKey
-    from atelier.store.objects import LocalObjectStore
+    from atelier.store.object_stores import open_object_store
 
-    objects = LocalObjectStore(settings.data_path / "objects", KeyManager(db, RootKey.from_settings(settings)), db)
+    objects = open_object_store(settings, KeyManager(db, RootKey.from_settings(settings)), db)
     return {FINE_TUNE: build_fine_tune(settings, db, objects), KB_INGEST: build_kb_ingest(settings, db, objects)}
