@@ -30,7 +30,8 @@ from atelier.cloud.grounding import Grounding
 from atelier.cloud.knowledge_bases import KnowledgeBaseService
 from atelier.cloud.served_models import ServedModels
 from atelier.cloud.units import UnitTable
-from atelier.engine.client import EngineClient, open_engine
+from atelier.engine.client import EngineClient
+from atelier.engine.factory import open_engine
 from atelier.engine.types import Usage
 from atelier.store.jobs import JobQueue
 from atelier.principal import Principal

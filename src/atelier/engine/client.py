@@ -2,7 +2,7 @@
 
 ``EngineClient`` is what the API depends on; ``LocalEngine`` implements it in-process
 (PyTorch, a scheduler thread per chat model); ``engine.vllm_client.VllmEngine`` implements it
-over vLLM servers; ``open_engine`` picks one by the ``engine`` setting. This module knows nothing about HTTP, tenants or policies.
+over vLLM servers; ``engine.factory.open_engine`` picks one by the ``engine`` setting. This module knows nothing about HTTP, tenants or policies.
 """
 
 from __future__ import annotations
@@ -352,11 +352,3 @@ class LocalEngine:
         self._slots.clear()
         self._embedders.clear()
 
-
-def open_engine(catalog, settings) -> EngineClient:
-    """The engine the ``engine`` setting names: ``LocalEngine`` (default) or ``VllmEngine``."""
-    if settings.engine == "vllm":
-        from atelier.engine.vllm_client import VllmEngine
-
-        return VllmEngine(catalog, settings)
-    return LocalEngine(catalog, settings)

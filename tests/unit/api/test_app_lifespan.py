@@ -62,7 +62,7 @@ def test_a_given_engine_stays_open_a_created_one_is_closed(make_app, monkeypatch
         created.append(FakeEngine())
         return created[-1]
 
-    monkeypatch.setattr("atelier.api.services.LocalEngine", local_engine)
+    monkeypatch.setattr("atelier.api.services.open_engine", local_engine)
     app = make_app()
     with TestClient(app):
         assert app.state.services.engine is created[0] and not created[0].closed
