@@ -10,12 +10,20 @@ same run, repeats interleaved. (e) has no PEFT figure: PEFT ignores ``adapter_na
 IA3. Then: resident memory of the base plus 50 hosted adapters against 50 copies of the
 model, and the time to load one adapter (parse + install between engine steps).
 
+With ``--vllm`` (on by default when ``scripts/install_vllm.sh`` has installed it), vLLM's
+OpenAI server (CPU build, float32, the same ``--threads``) serves the same base and the same
+32 LoRA adapters (runtime-loaded, ``--max-loras 32``): workloads (a) and (d) are sent to it
+as 32 concurrent ``/v1/completions`` requests of the same prompt token ids, interleaved with
+Atelier's, and reported as Atelier / vLLM. Atelier runs in this process (no HTTP); vLLM
+behind its HTTP server on loopback (what its users run); both on float weights.
+
 Adapters are random (LoRA B and IA3 vectors away from their identity init, so every
 adapter really changes the math) with the service's default shapes: LoRA r=8 on the
 attention projections, IA3 on k/v/down projections.
 
     .venv/bin/python bench/serving.py            # about 6 minutes on an idle 2-core machine
     .venv/bin/python bench/serving.py --quick    # 1 repeat, 8 tokens
+    .venv/bin/python bench/serving.py --no-vllm  # without the vLLM comparison
 """
 
 from __future__ import annotations
@@ -130,6 +138,41 @@ def peft_run(model, names: list[str], rows: list[list[int]], tokens: int, pad_id
     return time.perf_counter() - t0, (out.shape[1] - width) * len(rows)
 
 
+def vllm_run(url: str, names: list[str], rows: list[list[int]], tokens: int) -> tuple[float, int]:
+    """32 concurrent greedy completions on vLLM (``names``: the model or adapter of each row); seconds, tokens."""
+    import httpx
+
+    async def one(client, ids, name):
+        body = {"model": name, "prompt": ids, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+        response = await client.post(f"{url}/v1/completions", json=body)
+        response.raise_for_status()
+        return response.json()["usage"]["completion_tokens"]
+
+    async def run():
+        async with httpx.AsyncClient(timeout=600.0, limits=httpx.Limits(max_connections=len(rows))) as client:
+            t0 = time.perf_counter()
+            counts = await asyncio.gather(*(one(client, ids, n) for ids, n in zip(rows, names)))
+            return time.perf_counter() - t0, sum(counts)
+
+    return asyncio.run(run())
+
+
+def start_vllm(catalog, settings, threads: int, lora_dirs: list[Path], workdir: Path):
+    """vLLM's server on the same model with the same 32 LoRA adapters loaded (their names: the directories')."""
+    import httpx
+
+    from atelier.engine.loading import model_directory
+    from vllm_server import VllmServer
+
+    server = VllmServer(model_directory(catalog.get(CHAT), settings.cache_path), CHAT, workdir / "vllm.log",
+                        threads=threads, max_loras=32, max_lora_rank=8, extra_args=("--max-num-seqs", "64"))
+    server.start()
+    for path in lora_dirs[:32]:
+        httpx.post(f"{server.url}/v1/load_lora_adapter", json={"lora_name": path.name, "lora_path": str(path)},
+                   timeout=120.0).raise_for_status()
+    return server
+
+
 def main(argv: list[str] | None = None) -> int:
     from peft import PeftModel
 
@@ -146,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=Settings().threads)
     ap.add_argument("--quick", action="store_true", help="1 repeat, 8 tokens")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=None,
+                    help="compare with vLLM's server (default: when scripts/install_vllm.sh installed it)")
     args = ap.parse_args(argv)
+    from vllm_server import vllm_python
+
+    if args.vllm is None:
+        args.vllm = vllm_python() is not None
     if args.quick:
         args.repeats, args.tokens = 1, 8
     torch.set_num_threads(args.threads)
@@ -161,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = LocalEngine(catalog, settings, preloaded={CHAT: loaded})
     details: dict = {}
     rows_out: list[Row] = []
+    vllm = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             n_lora = max(32, args.hosted - 16)
@@ -196,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             batch = prompts(tok, args.concurrency)
             mixed = [d.name for pair in zip(lora_dirs[:16], ia3_dirs[:16]) for d in pair]  # (e)
-            samples: dict[str, dict[str, list[float]]] = {w: {"atelier": [], "peft": []} for w in WORKLOADS}
+            samples: dict[str, dict[str, list[float]]] = {w: {"atelier": [], "peft": [], "vllm": []}
+                                                          for w in WORKLOADS}
+            if args.vllm:
+                log("starting vLLM with the same 32 LoRA adapters...")
+                vllm = start_vllm(catalog, settings, args.threads, lora_dirs, Path(tmp))
             for rep in range(-1, args.repeats):  # repeat -1 warms both up and is not counted
                 for w in WORKLOADS:
                     assign = assignments(w, args.concurrency)
@@ -207,15 +261,22 @@ def main(argv: list[str] | None = None) -> int:
                     if w != "e":
                         secs, n = peft_run(peft, names, batch, args.tokens, pad)
                         samples[w]["peft"].append(n / secs)
+                    if vllm is not None and w in ("a", "d"):
+                        secs, n = vllm_run(vllm.url, [CHAT if x == "__base__" else x for x in names], batch,
+                                           args.tokens)
+                        samples[w]["vllm"].append(n / secs)
                     if rep < 0:
-                        samples[w]["atelier"].pop()
-                        if samples[w]["peft"]:
-                            samples[w]["peft"].pop()
+                        for runs in samples[w].values():
+                            if runs:
+                                runs.pop()
                         continue
                     log(f"repeat {rep + 1}: ({w}) {WORKLOADS[w]}: atelier {samples[w]['atelier'][-1]:.1f} tok/s"
-                        + (f", peft {samples[w]['peft'][-1]:.1f} tok/s" if w != "e" else ""))
+                        + (f", peft {samples[w]['peft'][-1]:.1f} tok/s" if w != "e" else "")
+                        + (f", vllm {samples[w]['vllm'][-1]:.1f} tok/s" if samples[w]["vllm"] else ""))
     finally:
         engine.close()
+        if vllm is not None:
+            vllm.stop()
     base_a = statistics.median(samples["a"]["atelier"])
     base_p = statistics.median(samples["a"]["peft"])
     for w, label in WORKLOADS.items():
@@ -225,11 +286,16 @@ def main(argv: list[str] | None = None) -> int:
                             note=f"/(a): atelier {statistics.median(a) / base_a:.2f}"
                             + (f", peft {statistics.median(samples[w]['peft']) / base_p:.2f}" if samples[w]["peft"]
                                else "; PEFT ignores adapter_names for IA3")))
+    for w in ("a", "d"):
+        if samples[w]["vllm"]:
+            rows_out.append(Row(f"({w}) {WORKLOADS[w]} vs vLLM", "tok/s", atelier=samples[w]["atelier"],
+                                baseline=samples[w]["vllm"], baseline_name="vLLM 0.32 CPU server (float32, HTTP)",
+                                note="vLLM: runtime-loaded LoRA, --max-loras 32"))
     info["loadavg_at_end"] = list(os.getloadavg())
     info["seconds"] = round(time.perf_counter() - t_start, 1)
     print()
     print(f"{args.concurrency} concurrent requests x {args.tokens} tokens, median of {args.repeats} repeat(s); "
-          f"ratio = Atelier / PEFT (higher is better); load average {info['loadavg_at_start'][0]:.2f} → "
+          f"ratio = Atelier / baseline (PEFT, or vLLM on its rows; higher is better); load average {info['loadavg_at_start'][0]:.2f} → "
           f"{info['loadavg_at_end'][0]:.2f}; {info['seconds']:.0f} s")
     print(format_table(rows_out))
     for key, value in details.items():

@@ -183,12 +183,13 @@ def make_server(tmp_path_factory: pytest.TempPathFactory):
     """A factory of extra servers (e.g. with other queue sizes), all stopped after the test.
 
     ``make_server({"ATELIER_MAX_BATCH": "1"})`` starts one and returns its ``LiveServer``;
-    keyword options go to ``LiveServer`` (``extra_args``, ``scheme``, ``verify``).
+    ``workdir=`` reuses another server's directory (its data dir: a restart with other
+    settings); keyword options go to ``LiveServer`` (``extra_args``, ``scheme``, ``verify``).
     """
     started: list[LiveServer] = []
 
-    def make(extra_env: dict[str, str] | None = None, **options: Any) -> LiveServer:
-        server = LiveServer(tmp_path_factory.mktemp("atelier-extra-server"), extra_env, **options)
+    def make(extra_env: dict[str, str] | None = None, workdir: Path | None = None, **options: Any) -> LiveServer:
+        server = LiveServer(workdir or tmp_path_factory.mktemp("atelier-extra-server"), extra_env, **options)
         started.append(server)
         return server.start()
 
