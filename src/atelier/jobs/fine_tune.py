@@ -9,7 +9,10 @@ Runs in a worker process. For one job it:
    unless a validation file was given) and runs ``atelier.tuning.recipe.run`` in the job's
    private work directory (0700), which resumes from the last complete checkpoint after a
    worker crash; metric and checkpoint events are forwarded to the job's events, once per
-   step (a resumed run re-sends the events after its checkpoint; those are dropped);
+   step (a resumed run re-sends the events after its checkpoint; those are dropped). Each
+   checkpoint is also sealed in the object store before its event is recorded
+   (``jobs.checkpoints``), and put back in the work directory when it is not there, so a
+   job resumes on any node; it is discarded once the job has ended;
 3. packs the adapter and records the custom model through the same service the API reads
    it with (``cloud.custom_models.CustomModelService.record``: sealed adapter, ids and name
    derived from the job's, so a worker that dies between the two steps is resumed without
@@ -30,6 +33,7 @@ from atelier.catalog import Catalog, ModelSpec
 from atelier.cloud.custom_models import CustomModelService
 from atelier.cloud.fine_tuning import KIND
 from atelier.errors import InvalidInput, NotFound
+from atelier.jobs.checkpoints import JobCheckpoints
 from atelier.jobs.context import JobContext, JobStopped
 from atelier.store.db import Database
 from atelier.store.files import FileStore
@@ -92,6 +96,7 @@ class FineTuneHandler:
         self._files = FileStore(db, objects)
         self._jobs = JobQueue(db)
         self._custom_models = CustomModelService(db, objects)
+        self._checkpoints = JobCheckpoints(objects)
         self._catalog = catalog
         self._load_model = load_model
         self._load_tokenizer = load_tokenizer
@@ -104,6 +109,10 @@ class FineTuneHandler:
             InvalidInput: A file is invalid (every problem by line), or a setting does not fit the model.
             JobStopped: Cancelled, shutting down or lease lost (a checkpoint is kept).
         """
+        with self._checkpoints.kept_while_resumable(ctx):
+            return self._run(ctx)
+
+    def _run(self, ctx: JobContext) -> dict[str, Any]:
         job, payload = ctx.job, ctx.job.payload
         os.chmod(ctx.workdir, 0o700)
         spec = self._catalog.get(payload["model"], kind="chat")
@@ -128,17 +137,19 @@ class FineTuneHandler:
         ctx.emit(f"training {config.type} on {len(train)} examples ({len(val)} for validation)",
                  {"type": "message", "train_examples": len(train), "validation_examples": len(val)})
         seen = self._seen(job.tenancy_id, job.id)
+        from atelier.tuning.recipe import CHECKPOINT_DIR, run  # torch and PEFT: only in workers that train
 
         def forward(event: dict[str, Any]) -> None:
             kind, step = event.get("type"), event.get("step")
+            if kind == "checkpoint":  # stored before its event: a checkpoint the events show can be restored
+                self._checkpoints.save(ctx, ctx.workdir / CHECKPOINT_DIR / f"step-{step}", step)
             if kind not in FORWARDED or (kind != "resumed" and (kind, step) in seen):  # every resume is news
                 return
             seen.add((kind, step))
             data = openai_metrics(event) if kind == "metrics" else dict(event)
             ctx.emit(describe(event), data)
 
-        from atelier.tuning.recipe import run  # torch and PEFT: only in workers that train
-
+        self._checkpoints.restore(ctx)
         result = run(config, loaded, train, val, ctx.workdir, forward, ctx.should_stop, device=self._device)
         if result.interrupted:
             raise JobStopped(ctx.stop_reason or "stopped")

@@ -138,8 +138,9 @@ KeyState = Literal["enabled", "retired"]
 KEY_STATES: tuple[KeyState, ...] = ("enabled", "retired")
 """``retired``: below the ring's ``min_decrypt_version``; still usable by rewrap, never by open."""
 
-OBJECT_KINDS: tuple[str, ...] = ("file", "dataset", "adapter", "document")
-"""What a stored object holds; checked in code (not by the database) so a kind can be added freely."""
+OBJECT_KINDS: tuple[str, ...] = ("file", "dataset", "adapter", "document", "checkpoint")
+"""What a stored object holds; checked in code (not by the database) so a kind can be added freely
+(``checkpoint``: a running job's newest checkpoint, ``jobs.checkpoints``)."""
 
 
 class KeyRing(Base):
