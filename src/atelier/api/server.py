@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from atelier.api.app import create_app
-from atelier.jobs.supervisor import WorkerSupervisor
+from atelier.jobs.supervisor import start_job_workers
 from atelier.settings import Settings
 
 
@@ -47,13 +47,14 @@ def run(
         tls_cert: PEM certificate file (chain), to serve HTTPS; needs ``tls_key``.
         tls_key: PEM private key of ``tls_cert``.
         workers: Job worker processes to run beside the service (``atelier worker``), kept
-            running (restarted with backoff when one ends) and stopped when it stops.
+            running (restarted with backoff when one ends) and stopped when it stops; with
+            ``settings.jobs == "ray"``, worker actors on the Ray cluster instead (``jobs.ray_pool``).
 
     Raises:
         ValueError: The TLS files are incomplete, unreadable or do not match (see ``check_tls_files``).
     """
     check_tls_files(tls_cert, tls_key)
-    supervisor = WorkerSupervisor(settings, workers).start()
+    supervisor = start_job_workers(settings, workers)
     try:
         uvicorn.run(
             create_app(settings, workers=supervisor),

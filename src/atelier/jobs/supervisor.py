@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from atelier.jobs.worker import spawn_worker, start_worker_processes, stop_worker_processes
 
 if TYPE_CHECKING:
+    from atelier.jobs.ray_pool import RayWorkerPool
     from atelier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,3 +126,13 @@ class WorkerSupervisor:
         with self._lock:
             processes = [s.process for s in self._slots if s.process is not None]
         stop_worker_processes(processes, grace_seconds)
+
+
+def start_job_workers(settings: Settings, count: int) -> WorkerSupervisor | RayWorkerPool:
+    """``atelier serve``'s job workers: local processes kept alive here, or Ray actors (``jobs="ray"``,
+    ``jobs.ray_pool``); both answer ``expected``, ``running``, ``restarts`` and ``stop``."""
+    if settings.jobs == "ray":
+        from atelier.jobs.ray_pool import RayWorkerPool  # ray: imported only when jobs run on it
+
+        return RayWorkerPool(settings, count).start()
+    return WorkerSupervisor(settings, count).start()

@@ -304,13 +304,18 @@ def start_worker_processes(settings: Settings, count: int,
     """
     if count <= 0:
         return []
+    migrate_before_workers(settings)
+    return [spawn_worker(settings, command) for _ in range(count)]
+
+
+def migrate_before_workers(settings: Settings) -> None:
+    """Create the data dir and migrate the database, so workers and the HTTP service do not race to."""
     settings.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = Database.from_settings(settings)
     try:
         db.migrate()
     finally:
         db.dispose()
-    return [spawn_worker(settings, command) for _ in range(count)]
 
 
 def spawn_worker(settings: Settings, command: list[str] | None = None) -> subprocess.Popen[bytes]:
