@@ -30,7 +30,8 @@ def serve(
         Path | None, typer.Option(exists=True, dir_okay=False, readable=True, help="PEM private key of --tls-cert.")
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=0, max=64, help="Job worker processes to run beside the API (0: none).")
+        int, typer.Option(min=0, max=64, help="Job workers to run beside the API: processes, or Ray actors with "
+                          "ATELIER_JOBS=ray (0: none).")
     ] = 1,
 ) -> None:
     """Start the HTTP service (OpenAI-compatible API under /v1) on embedded defaults, with job workers."""
