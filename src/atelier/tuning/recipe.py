@@ -46,7 +46,8 @@ from atelier.tuning.checkpointing import (
 )
 from atelier.tuning.config import TuneConfig
 from atelier.tuning.data import IGNORE_INDEX, Example
-from atelier.tuning.metrics import TokenStats, loss_sum, token_stats
+from atelier.tuning.labelled_loss import CompletionLoss
+from atelier.tuning.metrics import TokenStats
 from atelier.tuning.export import sort_module_lists
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,7 @@ class Recipe:
         except ValueError as exc:
             raise InvalidInput(f"target_modules: {exc}", param="training_config.target_modules") from None
         self.model.peft_config["default"].base_model_name_or_path = getattr(self.loaded, "name", None) or None
+        self.loss = CompletionLoss(self.model)  # logits at the completion positions only
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         trainable = sum(p.numel() for _, p in self.params)
         total = sum(p.numel() for p in self.model.parameters())
@@ -342,8 +344,7 @@ class Recipe:
             for mb in group:
                 self._poll()
                 ids, attention, labels = collate([self.train_examples[i] for i in mb], self.pad_id, self.device)
-                logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits  # (B, T, V)
-                total, _ = loss_sum(logits, labels)
+                total, _ = self.loss.loss_sum(ids, attention, labels)
                 (total / max(tokens, 1)).backward()
                 step_loss += float(total.detach())
         except _Stop:
@@ -374,8 +375,7 @@ class Recipe:
                 for i in range(0, len(self.val_examples), bs):
                     self._poll()
                     ids, attention, labels = collate(self.val_examples[i : i + bs], self.pad_id, self.device)
-                    logits = self.model(input_ids=ids, attention_mask=attention, use_cache=False).logits  # (B, T, V)
-                    stats = stats + token_stats(logits, labels)
+                    stats = stats + self.loss.token_stats(ids, attention, labels)
         finally:
             self.model.train()
         return stats
