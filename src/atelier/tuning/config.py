@@ -103,6 +103,10 @@ class TuneConfig(BaseModel):
     )
     max_grad_norm: float = Field(1.0, ge=0, le=100, description="Gradient norm clipping; 0 disables it.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW decoupled weight decay on the adapter weights.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass instead of keeping them: "
+        "less memory for long examples, about a third more compute.",
+    )
     save_best_adapter: bool = Field(
         True, description="Keep the adapter at the lowest validation loss rather than the last one (with validation)."
     )
@@ -172,6 +176,16 @@ class TuneConfig(BaseModel):
         return value
 
     # ------------------------------------------------------------ derived values
+
+    def peft_config(self):
+        """PEFT's config of the adapter these settings train (LoRA or IA3, causal LM)."""
+        from peft import IA3Config, LoraConfig
+
+        if self.type == "lora":
+            return LoraConfig(task_type="CAUSAL_LM", r=self.lora_r, lora_alpha=self.lora_alpha,
+                              lora_dropout=self.lora_dropout, target_modules=list(self.target_modules), bias="none")
+        return IA3Config(task_type="CAUSAL_LM", target_modules=list(self.target_modules),
+                         feedforward_modules=list(self.feedforward_modules))
 
     @property
     def default_learning_rate(self) -> float:

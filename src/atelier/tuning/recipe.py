@@ -137,6 +137,19 @@ class _Stop(Exception):
 # ---------------------------------------------------------------- pure helpers
 
 
+def _checkpointing(model, on: bool) -> None:
+    """Activation checkpointing of a transformers model on or off (``activation_*`` since 5.x, ``gradient_*`` before)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def learning_rate_at(config: TuneConfig, index: int, total_steps: int) -> float:
     """Learning rate of optimizer step ``index`` (from 0) out of ``total_steps``.
 
@@ -252,25 +265,6 @@ class Recipe:
 
     # ------------------------------------------------------------ setup / teardown
 
-    def _peft_config(self):
-        from peft import IA3Config, LoraConfig
-
-        c = self.config
-        if c.type == "lora":
-            return LoraConfig(
-                task_type="CAUSAL_LM",
-                r=c.lora_r,
-                lora_alpha=c.lora_alpha,
-                lora_dropout=c.lora_dropout,
-                target_modules=list(c.target_modules),
-                bias="none",
-            )
-        return IA3Config(
-            task_type="CAUSAL_LM",
-            target_modules=list(c.target_modules),
-            feedforward_modules=list(c.feedforward_modules),
-        )
-
     def setup(self) -> None:
         """Wrap the base model with a fresh adapter (seeded), build the optimizer, then resume if possible.
 
@@ -289,11 +283,13 @@ class Recipe:
         try:
             with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: noise in every job log
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                self.model = get_peft_model(base, self._peft_config())
+                self.model = get_peft_model(base, self.config.peft_config())
         except ValueError as exc:
             raise InvalidInput(f"target_modules: {exc}", param="training_config.target_modules") from None
         self.model.peft_config["default"].base_model_name_or_path = getattr(self.loaded, "name", None) or None
         self.loss = CompletionLoss(self.model)  # logits at the completion positions only
+        if self.config.gradient_checkpointing:  # transformers' own: each layer's activations recomputed
+            _checkpointing(self.model.get_base_model(), True)
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         trainable = sum(p.numel() for _, p in self.params)
         total = sum(p.numel() for p in self.model.parameters())
@@ -309,6 +305,8 @@ class Recipe:
         """Remove the adapter from the base model and restore its modes: the base is as it was."""
         if self.model is None:
             return
+        if self.config.gradient_checkpointing:
+            _checkpointing(self.model.get_base_model(), False)
         base = self.model.unload()
         for p, flag in zip(base.parameters(), self._base_grad):
             p.requires_grad_(flag)

@@ -173,6 +173,23 @@ def test_the_base_model_is_left_as_it_was(loaded, split, tmp_path):
     assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
 
 
+def test_gradient_checkpointing_trains_the_same_adapter_and_leaves_the_base_as_it_was(loaded, split, tmp_path):
+    plain = run(resumable(), loaded, *split, tmp_path / "plain")
+    during: list[bool] = []
+
+    def on_event(event):  # while training, the decoder layers recompute their activations
+        during.append(any(getattr(m, "gradient_checkpointing", False) for m in loaded.model.modules()))
+
+    checkpointed = run(resumable(gradient_checkpointing=True), loaded, *split, tmp_path / "checkpointed", on_event)
+    assert during and all(during)
+    assert checkpointed.steps == plain.steps
+    a, b = adapter_tensors(tmp_path / "plain"), adapter_tensors(tmp_path / "checkpointed")
+    assert a.keys() == b.keys()
+    for name in a:  # the same math recomputed (dropout's random state included), up to float rounding
+        assert float((a[name] - b[name]).norm()) <= 1e-4 * max(float(a[name].norm()), 1e-6), name
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in loaded.model.modules())
+
+
 def test_stop_is_immediate_and_resumable(loaded, split, tmp_path):
     result = run(resumable(), loaded, *split, tmp_path, should_stop=lambda: True)
     assert result.interrupted and result.steps == 0 and result.adapter_dir is None
