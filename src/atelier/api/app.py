@@ -24,7 +24,7 @@ from atelier.api.body_limit import BodySizeLimit
 from atelier.api.errors import install_error_handlers
 from atelier.api.openai import chat, completions, embeddings, files, fine_tuning, models, tokenize
 from atelier.api.resources import alerts, api_keys, audit, identity, key_ring, limits, policies, tenancies
-from atelier.api.resources import clusters, costs, custom_models, endpoints
+from atelier.api.resources import clusters, costs, custom_models, endpoints, evaluations
 from atelier.api.resources import kb_documents, knowledge_bases
 from atelier.api.services import Services
 from atelier.api.uploads import upload_limit
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 V1_ROUTERS = (
     chat.router, completions.router, embeddings.router, models.router, tokenize.router, audit.router, key_ring.router,
     tenancies.router, identity.router, api_keys.router, policies.router,
-    alerts.router, limits.router, files.router, fine_tuning.router, custom_models.router,
+    alerts.router, limits.router, files.router, fine_tuning.router, evaluations.router, custom_models.router,
     clusters.router, endpoints.router, costs.router,
     knowledge_bases.router, kb_documents.router,
 )

@@ -43,6 +43,7 @@ def guard_for(access: Access, services: Services) -> Guard:
         "endpoints": services.endpoints.get,
         "custom-models": services.custom_models.get,
         "fine-tuning-jobs": services.fine_tuning.get,
+        "evaluations": services.evaluations.get,  # jobs too: policies decide on fine-tuning-jobs
         "knowledge-bases": services.knowledge_bases.get,
         "files": services.files.get_file,
     })  # fmt: skip

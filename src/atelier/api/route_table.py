@@ -115,6 +115,12 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/files/{file_id}"): policy("files", "get"),
     ("GET", "/v1/files/{file_id}/content"): policy("files", "get"),
     ("DELETE", "/v1/files/{file_id}"): policy("files", "delete"),
+    # evaluations are jobs of the same family; cancelling one is an update
+    ("POST", "/v1/evaluations"): policy("fine-tuning-jobs", "create"),
+    ("GET", "/v1/evaluations"): policy("fine-tuning-jobs", "list"),
+    ("GET", "/v1/evaluations/{evaluation_id}"): policy("fine-tuning-jobs", "get"),
+    ("POST", "/v1/evaluations/{evaluation_id}/cancel"): policy("fine-tuning-jobs", "update"),
+    ("GET", "/v1/evaluations/{evaluation_id}/events"): policy("fine-tuning-jobs", "get"),
     # fine-tuning jobs (OpenAI's /v1/fine_tuning/jobs); cancelling one is an update
     ("POST", "/v1/fine_tuning/jobs"): policy("fine-tuning-jobs", "create"),
     ("GET", "/v1/fine_tuning/jobs"): policy("fine-tuning-jobs", "list"),

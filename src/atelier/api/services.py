@@ -24,6 +24,7 @@ from atelier.cloud.adapter_host import AdapterHost
 from atelier.cloud.clusters import ClusterService
 from atelier.cloud.custom_models import CustomModelService
 from atelier.cloud.endpoints import EndpointService
+from atelier.cloud.evaluations import EvaluationService
 from atelier.cloud.fine_tuning import FineTuningService
 from atelier.cloud.generation import GenerationService
 from atelier.cloud.grounding import Grounding
@@ -121,6 +122,7 @@ class Services:
     endpoints: EndpointService
     knowledge_bases: KnowledgeBaseService
     fine_tuning: FineTuningService
+    evaluations: EvaluationService
     models: ServedModels
     generation: GenerationService
     grounding: Grounding
@@ -180,6 +182,7 @@ class Services:
                 meter=meter, engine=engine, files=files, jobs=jobs, adapters=adapters, custom_models=custom_models,
                 clusters=clusters, endpoints=endpoints, knowledge_bases=knowledge_bases,
                 fine_tuning=FineTuningService(db, files, catalog, lambda name: engine.tokenizer(name), jobs, clusters),
+                evaluations=EvaluationService(files, catalog, lambda name: engine.tokenizer(name), jobs, models),
                 models=models, generation=generation,
                 grounding=Grounding(knowledge_bases, engine, catalog, generation, settings.default_chat_model),
                 workers=workers, owns_engine=owns_engine,

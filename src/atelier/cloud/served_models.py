@@ -100,6 +100,22 @@ class ServedModels:
         spec = self._catalog.get(name, kind="chat")
         return ServedModel(spec, None, spec.name)
 
+    def identify(self, guard: Authorizer, name: str) -> tuple[ModelSpec, CustomModel | None]:
+        """What ``name`` names for the caller, without serving it: its base model and its custom model (None: the base).
+
+        Raises:
+            NotFound, Forbidden: As ``resolve``.
+        """
+        if name.startswith(ENDPOINT_PREFIX):
+            endpoint = self._visible(guard, lambda: self._endpoints.get(guard.principal, name), name)
+            custom = (self._custom_models.get(guard.principal, endpoint.custom_model_id)
+                      if endpoint.custom_model_id else None)
+            return self._catalog.get(endpoint.base_model, kind="chat"), custom
+        if is_custom_model_ref(name):
+            row = self._visible(guard, lambda: self._custom_models.get(guard.principal, name), name)
+            return self._catalog.get(row.base_model, kind="chat"), row
+        return self._catalog.get(name, kind="chat"), None
+
     def _visible(self, guard: Authorizer, load, name: str) -> Endpoint | CustomModel:
         """The object ``load`` finds, once the caller may invoke it; else the unknown-model error."""
         try:
