@@ -1,9 +1,11 @@
-"""``atelier models`` and ``atelier models export``: the models offered, and a custom model's adapter.
+"""``atelier models`` and ``atelier models export``: the models offered, and a custom model exported.
 
 ``models`` lists what the server offers (with your served custom models). ``export`` writes
 a custom model's adapter as a plain PEFT directory (``adapter_config.json`` +
 ``adapter_model.safetensors``) that ``peft.PeftModel.from_pretrained`` loads anywhere; the
-unpacking is ``atelier.tuning.export``'s, which checks every member of the archive.
+unpacking is ``atelier.tuning.export``'s, which checks every member of the archive. With
+``--format merged`` or ``--format onnx`` it builds, on this machine, a merged Hugging Face
+directory or an ONNX Runtime GenAI model (``cli/model_export.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from atelier.cli.common import client_for, fail, format_table
+from atelier.cli.common import client_for, fail, format_table, load_settings
+from atelier.cli.model_export import ExportError, ExportFormat, export_built
 from atelier.errors import InvalidInput
 from atelier.tuning.export import unpack_adapter
 
@@ -49,10 +52,24 @@ def models(ctx: typer.Context) -> None:
 def export_model(
     ctx: typer.Context,
     model_id: Annotated[str, typer.Argument(help="Custom model id (cm_…).")],
-    directory: Annotated[Path, typer.Argument(help="Directory to write the PEFT files into.")],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite adapter files already there.")] = False,
+    directory: Annotated[Path, typer.Argument(help="Directory to write the files into.")],
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", "-f", case_sensitive=False,
+        help="peft: the adapter as a PEFT directory; merged: base + adapter as one Hugging Face model; "
+        "onnx: an ONNX Runtime GenAI model (fp32, CPU) with its adapter (needs the export extra: "
+        "pip install 'atelier\\[export]'). merged and onnx are built here, from this machine's copy of the base model.",
+    )] = ExportFormat.peft,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files already there.")] = False,
 ) -> None:
-    """Write a custom model's adapter as a plain PEFT directory."""
+    """Export a custom model: its PEFT adapter, merged weights, or an ONNX model."""
+    if fmt is not ExportFormat.peft:
+        settings = load_settings()
+        try:
+            done = export_built(client_for(ctx, settings), model_id, directory, fmt, settings=settings, force=force)
+        except ExportError as exc:
+            fail(str(exc))
+        typer.echo(done)
+        return
     packed = client_for(ctx).custom_models.adapter(model_id)
     try:
         unpack_adapter(packed, directory, overwrite=force)
