@@ -25,6 +25,7 @@ from atelier.cli.console import console
 from atelier.cli.costs import cost_app
 from atelier.cli.endpoints import endpoint_app
 from atelier.cli.files import files_app
+from atelier.cli.evaluate import evaluate
 from atelier.cli.finetune import finetune
 from atelier.cli.inference import chat, complete, embed, health, tokenize
 from atelier.cli.jobs import jobs_app
@@ -62,6 +63,7 @@ def main(
 
 app.command("console")(console)  # atelier console [--host --port]: the research assistant (Streamlit)
 app.command("finetune")(finetune)  # atelier finetune --model --data --method [--wait]
+app.command("eval")(evaluate)  # atelier eval --model --data [--k-shot K --examples FILE]
 for _command in (serve, worker, chat, complete, embed, tokenize, health):
     app.command()(_command)
 for _group in (

@@ -15,6 +15,7 @@ from atelier.client.admin import Alerts, Audit, KeyRing, Tenancies
 from atelier.client.base import HttpCore
 from atelier.client.clusters import Clusters, Costs, Endpoints
 from atelier.client.files import Files
+from atelier.client.evaluations import Evaluations
 from atelier.client.fine_tuning import CustomModels, FineTuning
 from atelier.client.identity import ApiKeys, Compartments, Groups, Policies, Users
 from atelier.client.inference import Inference, Models
@@ -33,6 +34,7 @@ class AtelierClient(Inference):
         custom_models: the models fine-tuning made (``adapter()`` downloads one's adapter).
         files: ``upload``, ``list``, ``get``, ``content``, ``delete``.
         fine_tuning: its ``jobs``: ``create``, ``list``, ``get``, ``cancel``, ``events``, ``checkpoints``.
+        evaluations: ``create``, ``list``, ``get``, ``cancel``, ``events``: models scored on test files.
         knowledge_bases: ``create``, ``list``, ``get``, ``delete``, ``query``, ``ask``; their ``documents``.
         clusters, endpoints: dedicated capacity; ``costs``: ``estimate`` and ``metered``.
         tenancies: (operator) ``create``, ``list``, ``get``, ``limits``, ``set_limits``.
@@ -63,6 +65,7 @@ class AtelierClient(Inference):
         self.custom_models = CustomModels(http)
         self.files = Files(http)
         self.fine_tuning = FineTuning(http)
+        self.evaluations = Evaluations(http)
         self.knowledge_bases = KnowledgeBases(http)
         self.clusters = Clusters(http)
         self.endpoints = Endpoints(http)

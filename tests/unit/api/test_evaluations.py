@@ -84,10 +84,10 @@ def test_an_evaluation_reports_the_models_metrics_and_a_k_shot_baseline(client, 
     assert report["metrics"]["token_accuracy"] == pytest.approx(stats.accuracy)
     # the k-shot prompts are longer: the same answers in another context score differently
     assert report["baseline"]["metrics"]["loss"] != pytest.approx(report["metrics"]["loss"], rel=1e-6)
-    events = client.get(f"/v1/evaluations/{done['id']}/events").json()["data"]
+    events = client.get(f"/v1/evaluations/{done['id']}/events", params={"limit": 1000}).json()["data"]
     assert any(e["data"] and e["data"].get("stage") == "baseline" for e in events)
     assert client.get(f"/v1/fine_tuning/jobs/{done['id']}").status_code == 404  # another kind of job
-    assert done["id"] in [e["id"] for e in client.get("/v1/evaluations").json()["data"]]
+    assert done["id"] in [e["id"] for e in client.get("/v1/evaluations", params={"limit": 100}).json()["data"]]
 
 
 @pytest.mark.parametrize(("body", "param"), [

@@ -98,7 +98,7 @@ def list_evaluations(
 ) -> EvaluationList:
     """Your evaluations, newest first (the ones you may inspect)."""
     try:
-        rows = services.evaluations.list(guard.principal, after=after, limit=limit + 1)
+        rows = services.evaluations.list(guard.principal, after=after, limit=min(limit + 1, 100))
     except NotFound:
         raise InvalidInput(f"evaluation {after!r} is not in this listing", param="after") from None
     shown = guard.visible(rows)
@@ -126,7 +126,8 @@ def list_evaluation_events(
 ) -> EventList:
     """The evaluation's events (state changes, progress), oldest first."""
     job = guard.load(TYPE, evaluation_id, "get")
-    rows: list[JobEvent] = services.evaluations.events(guard.principal, job.id, after=after, limit=limit + 1)
+    rows: list[JobEvent] = services.evaluations.events(guard.principal, job.id, after=after,
+                                                        limit=min(limit + 1, 1000))
     data = [EvaluationEvent(id=f"{EVENT_PREFIX}{r.id}", created_at=unix(r.created_at), level=r.level,
                             message=r.message, data=r.data or None) for r in rows[:limit]]
     return EventList(data=data, has_more=len(rows) > limit)
