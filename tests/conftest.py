@@ -22,7 +22,7 @@ def local_ray() -> Iterator[Any]:
         for name in [k for k in os.environ if k.startswith("ATELIER_")]:
             mp.delenv(name)
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new one, never a cluster found here
     try:
         yield ray
     finally:

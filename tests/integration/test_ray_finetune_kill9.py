@@ -18,6 +18,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from sqlalchemy import select
@@ -77,11 +78,11 @@ def kill_actor_after_metrics(service: Service, pool: RayWorkerPool, job_id: str,
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process still runs (a zombie Ray has not reaped yet does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def assert_same_adapter(service: Service, job_id: str, reference: tuple[str, dict, dict[str, torch.Tensor]]) -> None:

@@ -62,8 +62,11 @@ class WorkerActor:
 
     def __init__(self, settings: dict[str, Any], handlers: HandlerFactory, lease_seconds: float,
                  poll_seconds: float):
+        import ray
+
         from atelier.settings import Settings
 
+        self._restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         node_settings = Settings(**settings)
         self._db = Database.from_settings(node_settings)
@@ -80,9 +83,10 @@ class WorkerActor:
         except Exception:
             log.exception("worker %s: its loop ended", self._worker.worker_id)
 
-    def status(self) -> tuple[int, str, bool]:
-        """``(pid, worker id, whether the loop runs)``: the pool's health check (and a test's kill target)."""
-        return os.getpid(), self._worker.worker_id, self._thread.is_alive()
+    def status(self) -> tuple[int, str, bool, bool]:
+        """``(pid, worker id, whether the loop runs, whether Ray restarted this actor)``: the pool's
+        health check (and a test's kill target)."""
+        return os.getpid(), self._worker.worker_id, self._thread.is_alive(), self._restarted
 
     def stop(self, grace_seconds: float) -> bool:
         """Stop the loop cleanly (a running job goes back to the queue).
@@ -185,7 +189,7 @@ class RayWorkerPool:
                 self._stopping.wait(self._check)
 
     def _check_actors(self, ray: Any) -> None:
-        """Ask every actor for its status (one call in flight each); count restarts by pid changes."""
+        """Ask every actor for its status (one call in flight each); count the restarts Ray made."""
         for slot in self._slots:
             if slot.pending is None:
                 slot.pending = slot.actor.status.remote()
@@ -198,7 +202,7 @@ class RayWorkerPool:
                 continue
             ref, slot.pending = slot.pending, None
             try:
-                pid, worker_id, looping = ray.get(ref)
+                pid, worker_id, looping, restarted = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 if slot.up:
                     log.warning("Ray worker actor unavailable: %s", exc)
@@ -206,9 +210,9 @@ class RayWorkerPool:
                     slot.up = False
                 continue
             with self._lock:
-                if slot.pid is not None and pid != slot.pid:
+                if pid != slot.pid and (slot.pid is not None or restarted):  # or restarted before its first check
                     self.restarts += 1
-                    log.warning("job worker actor pid %d ended; Ray restarted it (pid %d)", slot.pid, pid)
+                    log.warning("job worker actor restarted by Ray (its process ended): pid %s → %d", slot.pid, pid)
                 slot.pid, slot.up = pid, looping
             if not looping and not self._stopping.is_set():
                 log.error("worker %s: its loop ended; restarting its actor", worker_id)
