@@ -121,18 +121,22 @@ class RayWorkerPool:
         lease_seconds: The workers' lease: how soon a dead actor's job is taken again.
         poll_seconds: The workers' polling and cancel-check interval.
         num_cpus: CPUs Ray reserves for each actor.
+        num_gpus: GPUs Ray gives each actor; default 1 when ``settings.device`` is CUDA (Ray hides
+            the GPUs from an actor that reserved none), else 0.
         max_restarts: Restarts Ray allows an actor (-1: without limit; 0: a killed actor stays dead).
         check_seconds: How often the actors are asked how they are.
     """
 
     def __init__(self, settings: Settings, count: int, *, handlers: HandlerFactory | None = None,
                  lease_seconds: float = 30.0, poll_seconds: float = 1.0, num_cpus: float = 1.0,
-                 max_restarts: int = -1, check_seconds: float = 1.0):
+                 num_gpus: float | None = None, max_restarts: int = -1, check_seconds: float = 1.0):
         self._settings = settings
         self.expected = max(0, count)
         self._handlers = handlers
         self._lease, self._poll = lease_seconds, poll_seconds
-        self._options = {"num_cpus": num_cpus, "max_restarts": max_restarts,
+        if num_gpus is None:
+            num_gpus = 1.0 if settings.device.startswith("cuda") else 0.0
+        self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts,
                          "max_task_retries": -1 if max_restarts != 0 else 0}
         self._check = check_seconds
         self._slots: list[_Slot] = []
