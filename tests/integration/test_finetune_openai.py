@@ -6,7 +6,8 @@ registered through ``ATELIER_CATALOG_FILE``; the server runs one worker process
 default tenancy has units to spare). The client uploads the data, creates the job with Atelier's
 ``training_config`` in ``extra_body``, polls it to ``succeeded``, lists its events and
 checkpoints, hosts the resulting custom model on an endpoint and chats with it; the CLI exports the adapter as a
-PEFT directory that ``peft.PeftModel.from_pretrained`` loads.
+PEFT directory that ``peft.PeftModel.from_pretrained`` loads, as a merged model with the same logits, and as an
+ONNX model that ONNX Runtime GenAI runs to the same greedy tokens.
 """
 
 from __future__ import annotations
@@ -125,3 +126,30 @@ def test_a_whole_job_with_the_openai_client(server, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny-model")
     peft_model = PeftModel.from_pretrained(base, export)
     assert peft_model.peft_config["default"].r == 4
+
+    # --format merged and onnx: built by the CLI from its own catalog (the same ATELIER_CATALOG_FILE)
+    import torch
+
+    merged_dir = tmp_path / "merged"
+    done = subprocess.run([sys.executable, "-m", "atelier", "models", "export", job.fine_tuned_model, str(merged_dir),
+                           "--format", "merged"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "merging the LORA adapter" in done.stderr and str(merged_dir) in done.stdout
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    ids = torch.tensor([list(range(60, 80))])  # (1, T)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, peft_model.eval()(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+    pytest.importorskip("onnxruntime_genai", reason="pip install 'atelier[export]'")
+    from atelier.tuning.onnx_export import onnx_greedy
+    from tests.unit.tuning.export_checks import assert_same_greedy, greedy
+
+    onnx_dir = tmp_path / "onnx"
+    done = subprocess.run([sys.executable, "-m", "atelier", "models", "export", job.fine_tuned_model, str(onnx_dir),
+                           "--format", "onnx"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "adapter.onnx_adapter" in done.stdout and (onnx_dir / "README.md").is_file()
+    eos = frozenset({257})
+    for prompt in (list(b"Say red"), list(b"Say navy")):
+        got = onnx_greedy(onnx_dir, prompt, 8)
+        assert_same_greedy(peft_model, prompt, got, greedy(peft_model, prompt, 8, eos), eos, tie=1e-3)
