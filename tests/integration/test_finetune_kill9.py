@@ -125,6 +125,18 @@ class Service:
     def curve(self, job_id: str) -> list[dict]:
         return self.custom_models.get(self.principal, self.job(job_id).result["fine_tuned_model"]).curve
 
+    def assert_same_adapter(self, job_id: str, reference: tuple[str, dict, dict[str, torch.Tensor]],
+                            what: str = "") -> None:
+        """The job's adapter (config, every tensor exactly) and curve are the reference job's; metrics once per step."""
+        reference_id, reference_config, reference_tensors = reference
+        assert sorted(self.steps(job_id, "metrics")) == METRIC_STEPS  # each recorded once
+        config, tensors = self.adapter(job_id)
+        assert config == reference_config
+        assert tensors.keys() == reference_tensors.keys() and tensors
+        different = [name for name, t in tensors.items() if not torch.equal(t, reference_tensors[name])]
+        assert not different, f"{what}{different} differ"
+        assert self.curve(job_id) == self.curve(reference_id)
+
 
 class WorkerProcess:
     """``python -m atelier worker`` on the data dir, one torch thread, 2 s lease; output in a log file."""
@@ -215,7 +227,6 @@ def uninterrupted(service) -> tuple[str, dict, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("seed", [11, 23])
 def test_kill_9_mid_training_resumes_to_the_same_adapter(service, uninterrupted, seed):
-    reference_id, reference_config, reference_tensors = uninterrupted
     kill_step = random.Random(seed).randint(3, TOTAL_STEPS - 12)  # leaves ≥ 1 s of training to interrupt
     job_id = service.create_job()
 
@@ -246,11 +257,4 @@ def test_kill_9_mid_training_resumes_to_the_same_adapter(service, uninterrupted,
     resumed = service.steps(job_id, "resumed")
     assert len(resumed) == 1 and saved <= resumed[0] <= reached and resumed[0] % CHECKPOINT_INTERVAL == 0, (
         resumed, saved, reached)  # fmt: skip
-    assert sorted(service.steps(job_id, "metrics")) == METRIC_STEPS  # each recorded once
-
-    config, tensors = service.adapter(job_id)
-    assert config == reference_config
-    assert tensors.keys() == reference_tensors.keys() and tensors
-    different = [name for name, t in tensors.items() if not torch.equal(t, reference_tensors[name])]
-    assert not different, f"killed at step {reached}, resumed from {resumed[0]}: {different} differ"
-    assert service.curve(job_id) == service.curve(reference_id)
+    service.assert_same_adapter(job_id, uninterrupted, f"killed at step {reached}, resumed from {resumed[0]}: ")

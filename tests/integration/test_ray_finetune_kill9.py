@@ -85,17 +85,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def assert_same_adapter(service: Service, job_id: str, reference: tuple[str, dict, dict[str, torch.Tensor]]) -> None:
-    reference_id, reference_config, reference_tensors = reference
-    config, tensors = service.adapter(job_id)
-    assert config == reference_config
-    assert tensors.keys() == reference_tensors.keys() and tensors
-    different = [name for name, t in tensors.items() if not torch.equal(t, reference_tensors[name])]
-    assert not different, f"{different} differ"
-    assert service.curve(job_id) == service.curve(reference_id)
-    assert sorted(service.steps(job_id, "metrics")) == METRIC_STEPS  # each recorded once
-
-
 def stored_checkpoints(service: Service) -> list[str]:
     with service.db.session() as session:
         return list(session.scalars(select(StoredObject.id).where(StoredObject.kind == "checkpoint")))
@@ -130,7 +119,7 @@ def test_kill_9_of_the_actor_ray_restarts_it_and_the_job_resumes_to_the_same_ada
     assert any(m.startswith("resumed after worker loss by worker ") and m.endswith("(attempt 2)") for m in messages)
     [resumed] = service.steps(job_id, "resumed")
     assert saved <= resumed <= reached and resumed % CHECKPOINT_INTERVAL == 0, (resumed, saved, reached)
-    assert_same_adapter(service, job_id, reference)
+    service.assert_same_adapter(job_id, reference)
     assert not stored_checkpoints(service)  # discarded once the job ended
 
 
@@ -155,5 +144,5 @@ def test_after_kill_9_a_node_without_the_work_directory_resumes_from_the_object_
     [resumed] = service.steps(job_id, "resumed")
     assert restored == [resumed] and saved <= resumed <= reached, (restored, resumed, saved, reached)
     assert (node_b / "jobs" / job_id / "checkpoints").is_dir()  # node B trained in its own work directory
-    assert_same_adapter(service, job_id, reference)
+    service.assert_same_adapter(job_id, reference)
     assert not stored_checkpoints(service)

@@ -5,11 +5,10 @@ the service stops the actor cleanly, then Ray."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import psutil
 import pytest
+from test_finetune_kill9 import wait_for
 
 from atelier.store.db import Database
 from atelier.store.jobs import JobQueue
@@ -17,20 +16,10 @@ from atelier.store.jobs import JobQueue
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _wait(condition, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"{what} within {timeout:.0f} s")
-
-
 def test_serve_runs_its_job_workers_as_ray_actors(make_server, admin_key):
     server = make_server({"ATELIER_JOBS": "ray", "ATELIER_RAY_ADDRESS": "local"}, extra_args=["--workers", "1"])
-    health = _wait(lambda: (h := server.health())["workers"]["alive"] == 1 and h["workers"]["running"] == 1 and h,
-                   120, "the Ray worker did not come up")  # fmt: skip
+    health = wait_for(lambda: (h := server.health())["workers"]["alive"] == 1 and h["workers"]["running"] == 1 and h,
+                      120, "the Ray worker did not come up", interval=0.25)  # fmt: skip
     assert health["status"] == "ok" and health["workers"]["expected"] == 1
     family = psutil.Process(server.proc.pid).children(recursive=True)
     assert not [p for p in family if "worker" in p.cmdline()]  # no `atelier worker` process
@@ -43,7 +32,7 @@ def test_serve_runs_its_job_workers_as_ray_actors(make_server, admin_key):
         text = b"The pump seal of unit 7 is replaced every 400 hours by the night shift."
         doc = http.post(f"/v1/knowledge-bases/{kb['id']}/documents", files={"file": ("pump.txt", text)})
         assert doc.status_code == 201, doc.text
-        state = _wait(lambda: (d := http.get(f"/v1/knowledge-bases/{kb['id']}/documents/{doc.json()['id']}")
+        state = wait_for(lambda: (d := http.get(f"/v1/knowledge-bases/{kb['id']}/documents/{doc.json()['id']}")
                                .json())["state"] in ("ready", "failed") and d, 180, "the document was not ingested",
                       interval=1.0)  # fmt: skip
     assert state["state"] == "ready", state
@@ -55,5 +44,5 @@ def test_serve_runs_its_job_workers_as_ray_actors(make_server, admin_key):
         assert JobQueue(db).live_workers(within=3600) == {}, server.stderr()
     finally:
         db.dispose()
-    _wait(lambda: not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 60,
-          "Ray's processes did not stop with the service")  # fmt: skip
+    wait_for(lambda: not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 60,
+             "Ray's processes did not stop with the service", interval=0.25)  # fmt: skip

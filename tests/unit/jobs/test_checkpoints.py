@@ -93,14 +93,14 @@ def test_a_crash_between_put_and_delete_leaves_both_slots_and_the_higher_step_wi
 def test_the_stored_checkpoint_is_discarded_once_the_job_ends_for_good(checkpoints, objects, job, queue, tmp_path,
                                                                        ending, kept):
     ctx = node(job, queue, tmp_path)
-    with pytest.raises((ValueError, JobStopped)) if ending != "returns" else nullcontext():
-        with checkpoints.kept_while_resumable(ctx):
-            checkpoints.save(ctx, write_step(ctx, 2), 2)
-            if ending == "raises":
-                raise ValueError("bad data")
-            if ending != "returns":
-                ctx.request_stop(ending)
-                ctx.raise_if_stopped()
+    ends = pytest.raises((ValueError, JobStopped)) if ending != "returns" else nullcontext()
+    with ends, checkpoints.kept_while_resumable(ctx):
+        checkpoints.save(ctx, write_step(ctx, 2), 2)
+        if ending == "raises":
+            raise ValueError("bad data")
+        if ending != "returns":
+            ctx.request_stop(ending)
+            ctx.raise_if_stopped()
     assert bool(stored(objects, job)) is kept
 
 
