@@ -4,7 +4,8 @@ A LoRA job teaches the bundled model to answer one letter to anything (as in the
 the CLI then evaluates the custom model on held-out prompts whose reference is that letter,
 with a 3-shot baseline of the base model drawn from the training file. The tuned model must
 answer every test prompt exactly (accuracy 1, its loss far below the baseline's), and the
-report must carry every metric for both.
+report must carry every metric for both; ``atelier jobs logs --tensorboard`` writes the job's
+curves as TensorBoard event files.
 """
 
 from __future__ import annotations
@@ -65,5 +66,11 @@ def test_a_tuned_model_against_its_base_k_shot_through_the_cli(make_server, tmp_
     assert tuned["loss"] < 0.5 * base["loss"], (tuned["loss"], base["loss"])
     for metrics in (tuned, base):
         assert {"loss", "perplexity", "token_accuracy", "exact_match", "accuracy", "macro_f1", "rouge_l"} <= set(metrics)
+    # the job's curves as TensorBoard event files
+    logs = subprocess.run([sys.executable, "-m", "atelier", "jobs", "logs", job.id, "--tensorboard",
+                           str(tmp_path / "tb")], env=env, capture_output=True, text=True, timeout=120)
+    assert logs.returncode == 0, logs.stderr
+    [events_file] = (tmp_path / "tb" / job.id).glob("events.out.tfevents.*")
+    assert events_file.stat().st_size > 0
     admin.close()
     client.close()

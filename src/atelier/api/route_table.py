@@ -128,6 +128,7 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel"): policy("fine-tuning-jobs", "update"),
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events"): policy("fine-tuning-jobs", "get"),
     ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints"): policy("fine-tuning-jobs", "get"),
+    ("GET", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/tensorboard"): policy("fine-tuning-jobs", "get"),
     # custom models (fine-tuned adapters); invoking one in chat is checked by the chat route
     ("GET", "/v1/custom-models"): policy("custom-models", "list"),
     ("GET", "/v1/custom-models/{custom_model_id}"): policy("custom-models", "get"),

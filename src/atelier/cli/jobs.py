@@ -1,4 +1,4 @@
-"""``atelier jobs list|show|events|cancel``: fine-tuning jobs, through ``/v1/fine_tuning/jobs``.
+"""``atelier jobs list|show|events|logs|cancel``: fine-tuning jobs, through ``/v1/fine_tuning/jobs``.
 
 Also the jobs' table columns and the progress line drawn from a metrics event, which
 ``atelier finetune --wait`` uses to follow the job it started.
@@ -6,13 +6,16 @@ Also the jobs' table columns and the progress line drawn from a metrics event, w
 
 from __future__ import annotations
 
+import io
+import tarfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from atelier.cli.common import JsonOpt, client_for, show
 
-jobs_app = typer.Typer(name="jobs", help="Fine-tuning jobs: list, show, events, cancel.", no_args_is_help=True)
+jobs_app = typer.Typer(name="jobs", help="Fine-tuning jobs: list, show, events, logs, cancel.", no_args_is_help=True)
 
 JobArg = Annotated[str, typer.Argument(help="Job id (job_…).")]
 BAR_WIDTH = 30
@@ -60,6 +63,20 @@ def show_job(ctx: typer.Context, job_id: JobArg, raw: JsonOpt = False) -> None:
 def job_events(ctx: typer.Context, job_id: JobArg, raw: JsonOpt = False) -> None:
     """The job's events, oldest first (metrics, checkpoints, state changes)."""
     show(list(reversed(client_for(ctx).fine_tuning.jobs.events(job_id))), EVENT_COLUMNS, raw)
+
+
+@jobs_app.command("logs")
+def job_logs(
+    ctx: typer.Context, job_id: JobArg,
+    tensorboard: Annotated[Path, typer.Option("--tensorboard", help="Write the run's TensorBoard event files here.",
+                                              file_okay=False)],
+) -> None:
+    """Fetch the job's metrics as TensorBoard event files (``tensorboard --logdir DIR`` shows them)."""
+    archive = client_for(ctx).fine_tuning.jobs.tensorboard(job_id)
+    tensorboard.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(tensorboard, filter="data")  # members are checked: nothing lands outside DIR
+    typer.echo(f"{tensorboard / job_id}: run `tensorboard --logdir {tensorboard}`")
 
 
 @jobs_app.command("cancel")

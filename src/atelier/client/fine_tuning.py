@@ -53,6 +53,10 @@ class FineTuningJobs(Collection):
         """``GET /v1/fine_tuning/jobs/{id}/checkpoints``: newest step first."""
         return self._http.get_list(self.item(job_id, "checkpoints"), {"limit": 100})
 
+    def tensorboard(self, job_id: str) -> bytes:
+        """``GET /v1/fine_tuning/jobs/{id}/tensorboard``: a ``.tar.gz`` of the run's TensorBoard event files."""
+        return self._http.send("GET", self.item(job_id, "tensorboard")).content
+
     def list(self, limit: int = 20) -> list[dict[str, Any]]:
         """``GET /v1/fine_tuning/jobs``: your newest jobs, newest first."""
         return self._http.get_list(self.path, {"limit": limit})

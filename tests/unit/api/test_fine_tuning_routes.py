@@ -21,6 +21,7 @@ from atelier.store.jobs import JobQueue
 from atelier.store.tables import CustomModel
 from atelier.jobs.context import JobContext, JobStopped
 from atelier.jobs.worker import Worker
+from tests.unit.api.tensorboard_files import scalars
 from atelier.principal import Principal
 from atelier.tuning.config import TuneConfig
 from atelier.store.tables import StoredObject
@@ -136,6 +137,18 @@ def test_checkpoints_list_the_saved_steps(finished, client):
     first = found["data"][0]
     assert first["object"] == "fine_tuning.job.checkpoint" and first["fine_tuning_job_id"] == job["id"]
     assert first["metrics"]["step"] == first["step_number"] and first["metrics"]["train_loss"] is not None
+
+
+def test_the_jobs_metrics_download_as_tensorboard_event_files(finished, client, tenancy_b):
+    _, job = finished
+    response = client.get(f"/v1/fine_tuning/jobs/{job['id']}/tensorboard")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/gzip"
+    found = scalars(response.content)
+    metrics = [e["data"] for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
+                                             params={"limit": 1000}).json()["data"] if e["type"] == "metrics"]
+    assert sorted(found["train/loss"]) == sorted((m["step"], pytest.approx(m["train_loss"])) for m in metrics)
+    assert "valid/loss" in found and "valid/token_accuracy" in found
+    assert tenancy_b.get(f"/v1/fine_tuning/jobs/{job['id']}/tensorboard").status_code == 404
 
 
 def test_chat_with_the_custom_model(finished, client, clusters, tenancy_b, check_error):

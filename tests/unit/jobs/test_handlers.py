@@ -25,7 +25,7 @@ def context(queue, principal, tmp_path, payload) -> JobContext:
 def test_the_service_registers_its_own_kinds_and_no_test_kind(db, tmp_path, monkeypatch):
     for name in ("ATELIER_ROOT_KEY", "ATELIER_ROOT_KEY_FILE", "ATELIER_DATA_DIR", "ATELIER_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    assert set(build_handlers(Settings(data_dir=tmp_path / "data"), db)) == {"fine-tune", "kb-ingest"}
+    assert set(build_handlers(Settings(data_dir=tmp_path / "data"), db)) == {"fine-tune", "kb-ingest", "evaluate"}
 
 
 @pytest.mark.parametrize("stop_after", [1, 4, 7, 8])

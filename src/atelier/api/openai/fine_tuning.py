@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +25,7 @@ from atelier.api.deps import GuardDep, ServicesDep
 from atelier.api.envelopes import unix
 from atelier.cloud.custom_models import custom_model_name
 from atelier.cloud.fine_tuning import FILE_FIELDS, Checkpoint, FineTuningService, JobRequest
+from atelier.cloud.tensorboard_logs import tensorboard_archive
 from atelier.errors import InvalidInput
 from atelier.store.tables import Cluster, Job, JobEvent
 from atelier.tuning.config import TuneConfig
@@ -247,6 +249,21 @@ def list_events(
     rows = services.fine_tuning.events(guard.principal, job.id, after=_cursor(after, EVENT_PREFIX),
                                        limit=min(limit + 1, 1000))
     return EventList(data=[_event_out(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.get(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/tensorboard",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "The run's TensorBoard event files."}},
+    summary="Download the job's metrics as TensorBoard event files",
+)
+def download_tensorboard(fine_tuning_job_id: str, services: ServicesDep, guard: GuardDep) -> Response:
+    """A `.tar.gz` of `<job id>/events.out.tfevents.*`: every metric at its step (live while the job runs)."""
+    job = guard.load(TYPE, fine_tuning_job_id, "get")
+    events = services.jobs.history(guard.principal, job.id)
+    archive = tensorboard_archive(job.id, [(e.created_at, e.data) for e in events])
+    return Response(archive, media_type="application/gzip",
+                    headers={"Content-Disposition": f'attachment; filename="{job.id}-tensorboard.tar.gz"'})
 
 
 @router.get(
