@@ -121,3 +121,16 @@ def test_onnx_logits_with_the_adapter_file_are_pytorchs(setup):
         with torch.no_grad():
             want = setup["adapted"](input_ids=torch.tensor([prompt])).logits[0]  # (T, V)
         torch.testing.assert_close(got, want, rtol=0, atol=2e-3)  # measured 1.2e-4 on logits up to ~38
+
+
+def test_the_readme_beside_the_onnx_model_runs(setup):
+    """The README's snippet, as a user would run it in the export directory: the adapted model answers."""
+    import subprocess
+    import sys
+
+    note = (setup["work"] / "onnx" / "README.md").read_text()
+    code = note.split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run([sys.executable, "-c", code], cwd=setup["work"] / "onnx", capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "What is the capital of Japan?" in done.stdout and len(done.stdout.split("assistant", 1)[-1].strip()) > 3

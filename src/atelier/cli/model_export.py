@@ -58,7 +58,7 @@ def local_base_directory(base_model: str, settings: Settings) -> Path:
     except AtelierError as exc:
         raise ExportError(exc.message) from None
     if spec.source.gguf_file is not None:
-        say(f"preparing the base model {base_model} (converted from GGUF once, about a minute)")
+        say(f"preparing the base model {base_model} (the first time, its GGUF is converted: about a minute)")
     try:
         return model_directory(spec, settings.cache_path)
     except NotFound as exc:

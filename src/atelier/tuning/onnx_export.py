@@ -142,31 +142,33 @@ def extract_lora_adapter(model_dir: Path, adapter_file: Path) -> int:
 
 
 def _note(title: str, lora: bool) -> str:
-    """The README written beside the model: what it is and how to run it."""
-    adapter = (
+    """The README written beside the model: what it is and how to run it (greedy, the model's chat template)."""
+    about = (
         f"`{ADAPTER_FILE}` holds the adapter (ONNX Runtime multi-LoRA). `{MODEL_FILE}` alone is the *base* model:\n"
-        "its LoRA inputs default to zeros, so activate the adapter as below. Other LoRA adapters of the same base\n"
-        "and target modules (any rank) load on the same model.\n"
+        "its LoRA inputs default to zeros, so activate the adapter as below. Adapters of other LoRA exports of\n"
+        "the same base and target modules (any rank) load on this model too.\n"
         if lora
         else "The adapter (IA3 / T-Few) is merged into the weights: ORT GenAI's adapters are LoRA only.\n"
     )
-    activate = (
-        f'adapters = og.Adapters(model)\nadapters.load("{ADAPTER_FILE}", "custom")\n' if lora else ""
-    )
-    set_active = '\ngenerator.set_active_adapter(adapters, "custom")' if lora else ""
+    load = f'adapters = og.Adapters(model)\nadapters.load("{ADAPTER_FILE}", "custom")\n' if lora else ""
+    activate = '\ngenerator.set_active_adapter(adapters, "custom")' if lora else ""
     return f"""# {title}
 
 ONNX model for ONNX Runtime GenAI (float32, CPU), built by `onnxruntime_genai.models.builder`.
-{adapter}
+{about}
 ```python
-import onnxruntime_genai as og   # {INSTALL_HINT}
+import json
+
+import onnxruntime_genai as og   # pip install onnxruntime-genai
 
 model = og.Model(".")            # this directory
 tokenizer = og.Tokenizer(model)
-{activate}params = og.GeneratorParams(model)
+{load}messages = [{{"role": "user", "content": "What is the capital of Japan?"}}]
+prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+params = og.GeneratorParams(model)
 params.set_search_options(do_sample=False, max_length=256)   # greedy
-generator = og.Generator(model, params){set_active}
-generator.append_tokens(tokenizer.encode("Hello"))
+generator = og.Generator(model, params){activate}
+generator.append_tokens(tokenizer.encode(prompt))
 while not generator.is_done():
     generator.generate_next_token()
 print(tokenizer.decode(generator.get_sequence(0)))

@@ -1,4 +1,5 @@
-"""ONNX export of a tiny model: ONNX Runtime GenAI generates what PEFT does, with the adapter file and without it.
+"""ONNX export of a tiny model: ONNX Runtime GenAI generates what PEFT does, with the adapter file and without it,
+and with another export's adapter of another rank.
 
 Each export runs ONNX Runtime GenAI's real model builder in a child process (a few seconds).
 """
@@ -6,6 +7,7 @@ Each export runs ONNX Runtime GenAI's real model builder in a child process (a f
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -58,6 +60,13 @@ def test_lora_export_runs_under_onnxruntime_genai_with_its_adapter_file(base, tm
         assert_same_greedy(base, prompt, plain, greedy(base, prompt, 12, EOS), EOS, TIE)
         changed += plain != got
     assert changed, "the adapter file changes what the model generates"
+
+    other = save_random_adapter(base, tmp_path / "other", "lora", seed=7, r=2)  # same targets, another rank
+    export_onnx(tmp_path / "base", tmp_path / "other", tmp_path / "onnx-other")
+    shutil.copy(tmp_path / "onnx-other" / ADAPTER_FILE, tmp_path / "onnx" / ADAPTER_FILE)  # on the first model
+    for prompt in PROMPTS:
+        got = onnx_greedy(tmp_path / "onnx", prompt, 12)
+        assert_same_greedy(other, prompt, got, greedy(other, prompt, 12, EOS), EOS, TIE)
 
 
 def test_ia3_is_merged_into_the_onnx_weights(base, tmp_path):
