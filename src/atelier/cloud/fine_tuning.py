@@ -98,11 +98,37 @@ class JobRequest(BaseModel):
         None, max_length=100,
         description="The fine-tuning cluster to run on; default: any active one of the model with free units.",
     )
+    search: dict[str, Any] | None = Field(
+        None, description="A hyperparameter search instead of one training: `max_trials`, `timeout_seconds`, and "
+        "what to draw (`learning_rate` [low, high], `lora_r`, `training_batch_size`, `type` lists, "
+        "`total_training_epochs` [low, high]); the best trial's adapter becomes the custom model.",
+    )
     compartment: str | None = Field(
         None, min_length=1, max_length=1000, description="Compartment id or path (`eng:ml`); default the root."
     )
     metadata: dict[str, str] | None = Field(None, description="Accepted for OpenAI's clients; stored with the job.")
     integrations: list[Any] | None = Field(None, description="Accepted for OpenAI's clients; must be empty or null.")
+
+
+def _search(body: JobRequest, config: TuneConfig) -> dict[str, Any] | None:
+    """The request's search, checked (400 naming ``search.<field>``), as the job stores it."""
+    if body.search is None:
+        return None
+    from pydantic import ValidationError
+
+    from atelier.tuning.search_space import SearchSpec
+
+    try:
+        spec = SearchSpec.model_validate(body.search)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(["search", *(str(p) for p in err["loc"][:1])])
+        raise InvalidInput(f"{param}: {err['msg'].removeprefix('Value error, ')}", param=param) from None
+    spec.check()
+    if body.validation_file is None and config.validation_split == 0:
+        raise InvalidInput("a search compares trials by validation loss: give a validation_file or a "
+                           "training_config.validation_split above 0", param="search")
+    return spec.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -207,7 +233,9 @@ class FineTuningService:
                 if row.purpose != "fine-tune":
                     raise InvalidInput(f"file {file_id!r} was uploaded for {row.purpose!r}, not 'fine-tune'",
                                        param=param)
+        search = _search(body, config)
         payload = {
+            "search": search,
             "model": spec.name,
             "training_file": body.training_file,
             "validation_file": body.validation_file,

@@ -149,16 +149,44 @@ class FineTuneHandler:
             data = openai_metrics(event) if kind == "metrics" else dict(event)
             ctx.emit(describe(event), data)
 
-        self._checkpoints.restore(ctx)
-        result = run(config, loaded, train, val, ctx.workdir, forward, ctx.should_stop, device=self._device)
+        extra: dict[str, Any] = {}
+        if payload.get("search"):  # trials chosen by Optuna, the best one kept (jobs/search.py)
+            result, config, extra["search"] = self._search(ctx, payload, loaded, train, val)
+        else:
+            self._checkpoints.restore(ctx)
+            result = run(config, loaded, train, val, ctx.workdir, forward, ctx.should_stop, device=self._device)
         if result.interrupted:
             raise JobStopped(ctx.stop_reason or "stopped")
         row = self._store(ctx, spec, config, result)
         trained = round(sum(len(e.input_ids) for e in train) * result.epochs)
         return self._result(row, trained_tokens=trained, steps=result.steps, stopped_early=result.stopped_early,
-                            best_step=result.best_step)
+                            best_step=result.best_step, **extra)
 
     # ------------------------------------------------------------ pieces
+
+    def _search(self, ctx: JobContext, payload: dict[str, Any], loaded, train, val):
+        """The best trial's result and settings, and the search's summary (``jobs.search``)."""
+        from atelier.jobs.search import run_search
+        from atelier.tuning.recipe import run
+        from atelier.tuning.search_space import SearchSpec
+
+        seen = {(e.data.get("trial"), e.data.get("step")) for e in self._jobs.history(ctx.job.tenancy_id, ctx.job.id)
+                if isinstance(e.data, dict) and e.data.get("trial") is not None}
+
+        def emit(number: int, event: dict[str, Any]) -> None:
+            if event.get("type") == "metrics" and (number, event.get("step")) not in seen:
+                seen.add((number, event.get("step")))
+                ctx.emit(f"trial {number}: {describe(event)}", {**openai_metrics(event), "trial": number})
+
+        def train_one(config, workdir, on_event, should_stop):
+            workdir.mkdir(mode=0o700, exist_ok=True)
+            return run(config, loaded, train, val, workdir, on_event, should_stop, device=self._device)
+
+        spec = SearchSpec.model_validate(payload["search"])
+        outcome = run_search(ctx, spec, payload["training_config"], train_one, emit)
+        ctx.emit(f"search: trial {outcome.best_trial} is the best of {len(outcome.trials)}",
+                 {"type": "message", "best_trial": outcome.best_trial})
+        return outcome.result, outcome.config, {"best_trial": outcome.best_trial, "trials": outcome.trials}
 
     def _file(self, tenancy_id: str, file_id: str) -> bytes:
         try:

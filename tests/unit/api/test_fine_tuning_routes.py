@@ -151,6 +151,35 @@ def test_the_jobs_metrics_download_as_tensorboard_event_files(finished, client, 
     assert tenancy_b.get(f"/v1/fine_tuning/jobs/{job['id']}/tensorboard").status_code == 404
 
 
+def test_a_search_job_keeps_the_best_trial_as_the_custom_model(client, app):
+    search = {"max_trials": 3, "learning_rate": [1e-3, 1e-1], "lora_r": [2, 4], "seed": 3}
+    job = create(client, upload(client, examples(16)), search=search)
+    assert job["search"]["max_trials"] == 3
+    assert run_worker(app)
+    done = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done
+    trials = done["search"]["trials"]
+    finished = [t for t in trials if t["state"] == "complete"]
+    assert len(trials) == 3 and finished
+    best = min(finished, key=lambda t: t["valid_loss"])
+    assert done["search"]["best_trial"] == best["trial"]
+    custom = client.get(f"/v1/custom-models/{done['fine_tuned_model']}").json()
+    assert custom["metrics"]["valid_loss"] == pytest.approx(best["valid_loss"])
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    assert {e["data"]["trial"] for e in events if e["data"] and "trial" in e["data"]} == {t["trial"] for t in trials}
+
+
+@pytest.mark.parametrize(("search", "param"), [
+    ({"max_trials": 0}, "search.max_trials"),
+    ({"learning_rate": [0.1, 0.01]}, "search.learning_rate"),
+    ({"lora_r": [1000]}, "search.lora_r"),
+    ({"nope": 1}, "search.nope"),
+])  # fmt: skip
+def test_a_bad_search_names_the_field(client, check_error, search, param):
+    body = {"model": "tiny", "training_file": upload(client, examples()), "training_config": SMALL, "search": search}
+    check_error(client.post("/v1/fine_tuning/jobs", json=body), 400, param=param)
+
+
 def test_chat_with_the_custom_model(finished, client, clusters, tenancy_b, check_error):
     model_id = finished[1]["fine_tuned_model"]
     body = {"model": model_id, "messages": [{"role": "user", "content": "Say red"}], "max_tokens": 4,

@@ -74,6 +74,9 @@ class FineTuningJob(BaseModel):
     waiting_reason: str | None = Field(
         None, description="Why a queued job does not start, when nothing can run it now: no live worker for its kind."
     )
+    search: dict[str, Any] | None = Field(
+        None, description="A search job's space and budget and, once it succeeded, `best_trial` and every trial's "
+        "settings, state and validation loss.")
 
 
 class JobList(BaseModel):
@@ -150,6 +153,7 @@ def job_out(job: Job, served_kinds: set[str] | None = None) -> FineTuningJob:
         trained_tokens=result.get("trained_tokens"), error=_error(job), seed=p["seed"], metadata=p.get("metadata"),
         suffix=p.get("suffix"), training_config=TuneConfig.model_validate(p["training_config"]).applicable_dump(), cluster_id=job.cluster_id,
         waiting_reason=waiting,
+        search={**p["search"], **(result.get("search") or {})} if p.get("search") else None,
     )  # fmt: skip
 
 
