@@ -47,6 +47,33 @@ class KShot(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the draw (the same examples for every prompt).")
 
 
+class JobEvaluation(BaseModel):
+    """``evaluation`` of a fine-tuning job: the custom model scored on the job's ``validation_file`` at the end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: list[str] = Field(list(DEFAULT_METRICS), min_length=1, max_length=len(METRICS))
+    labels: list[str] | None = Field(None, min_length=2, max_length=200)
+    max_tokens: int = Field(64, ge=1, le=4096)
+    k_shot: int = Field(0, ge=0, le=32, description="A baseline of the base model with k examples of the training "
+                        "file (0: none).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the k-shot draw.")
+
+    def options(self) -> dict[str, Any]:
+        """What ``jobs.evaluate.build_report`` takes (checked metric names)."""
+        check_metrics(self.metrics, "evaluation.metrics")
+        return {"metrics": self.metrics, "labels": self.labels, "max_tokens": self.max_tokens,
+                "k_shot": {"k": self.k_shot, "seed": self.seed} if self.k_shot else None}
+
+
+def check_metrics(metrics: list[str], param: str) -> None:
+    """Raise ``InvalidInput`` (``param``) unless the metrics are distinct known names."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or len(set(metrics)) != len(metrics):
+        raise InvalidInput(f"metrics must be distinct names among {', '.join(METRICS)}; got {unknown or 'repeats'}",
+                           param=param)
+
+
 class EvaluationRequest(BaseModel):
     """The body of ``POST /v1/evaluations``."""
 
@@ -92,10 +119,7 @@ class EvaluationService:
             NotFound, Forbidden: A model the caller may not invoke (as for chat).
         """
         principal = guard.principal
-        unknown = [m for m in body.metrics if m not in METRICS]
-        if unknown or len(set(body.metrics)) != len(body.metrics):
-            raise InvalidInput(f"metrics must be distinct names among {', '.join(METRICS)}; got {unknown or 'repeats'}",
-                               param="metrics")
+        check_metrics(body.metrics, "metrics")
         spec, custom = self._models.identify(guard, body.model)
         tokenizer = self._tokenizer(spec.name)
         for param, file_id, least in (("test_file", body.test_file, 1),
@@ -146,4 +170,4 @@ class EvaluationService:
 
 
 __all__ = ["DEFAULT_METRICS", "GENERATION_METRICS", "KIND", "LIKELIHOOD_METRICS", "EvaluationRequest",
-           "EvaluationService", "KShot"]
+           "EvaluationService", "JobEvaluation", "KShot", "check_metrics"]

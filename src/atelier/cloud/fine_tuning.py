@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from atelier.catalog import Catalog, ModelSpec
 from atelier.cloud.clusters import ADMISSION, ClusterService
@@ -98,6 +98,11 @@ class JobRequest(BaseModel):
         None, max_length=100,
         description="The fine-tuning cluster to run on; default: any active one of the model with free units.",
     )
+    evaluation: dict[str, Any] | None = Field(
+        None, description="Score the custom model on the `validation_file` at the end (`metrics`, `labels`, "
+        "`max_tokens`, `k_shot` examples of the training file as a baseline, `seed`); the report is attached to "
+        "the custom model (`metrics.evaluation`).",
+    )
     search: dict[str, Any] | None = Field(
         None, description="A hyperparameter search instead of one training: `max_trials`, `timeout_seconds`, and "
         "what to draw (`learning_rate` [low, high], `lora_r`, `training_batch_size`, `type` lists, "
@@ -110,20 +115,35 @@ class JobRequest(BaseModel):
     integrations: list[Any] | None = Field(None, description="Accepted for OpenAI's clients; must be empty or null.")
 
 
-def _search(body: JobRequest, config: TuneConfig) -> dict[str, Any] | None:
-    """The request's search, checked (400 naming ``search.<field>``), as the job stores it."""
-    if body.search is None:
-        return None
-    from pydantic import ValidationError
-
-    from atelier.tuning.search_space import SearchSpec
-
+def _validated(model: type[BaseModel], data: Any, prefix: str) -> Any:
+    """``model`` validated from a request's ``prefix`` object (a 400 naming ``prefix.<field>`` otherwise)."""
     try:
-        spec = SearchSpec.model_validate(body.search)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = ".".join(["search", *(str(p) for p in err["loc"][:1])])
+        param = ".".join([prefix, *(str(p) for p in err["loc"][:1])])
         raise InvalidInput(f"{param}: {err['msg'].removeprefix('Value error, ')}", param=param) from None
+
+
+def _evaluation(body: JobRequest) -> dict[str, Any] | None:
+    """The request's end-of-job evaluation, checked, as the job stores it."""
+    if body.evaluation is None:
+        return None
+    from atelier.cloud.evaluations import JobEvaluation
+
+    if body.validation_file is None:
+        raise InvalidInput("evaluation scores the custom model on the validation_file: give one",
+                           param="evaluation")
+    return _validated(JobEvaluation, body.evaluation, "evaluation").options()
+
+
+def _search(body: JobRequest, config: TuneConfig) -> dict[str, Any] | None:
+    """The request's search, checked, as the job stores it."""
+    if body.search is None:
+        return None
+    from atelier.tuning.search_space import SearchSpec
+
+    spec = _validated(SearchSpec, body.search, "search")
     spec.check()
     if body.validation_file is None and config.validation_split == 0:
         raise InvalidInput("a search compares trials by validation loss: give a validation_file or a "
@@ -236,6 +256,7 @@ class FineTuningService:
         search = _search(body, config)
         payload = {
             "search": search,
+            "evaluation": _evaluation(body),
             "model": spec.name,
             "training_file": body.training_file,
             "validation_file": body.validation_file,

@@ -166,6 +166,39 @@ class Evaluator:
         return report
 
 
+def build_report(ctx: JobContext, engine, spec, items: list[Item], options: dict[str, Any], slot: int | None,
+                 pool: list[Item]) -> dict[str, Any]:
+    """The report of a model (``slot``: its adapter, None for the base) on ``items``, with the k-shot baseline.
+
+    Args:
+        ctx: The job (progress events, stop signal).
+        engine: The engine serving ``spec``'s base model.
+        spec: The base model's catalog entry.
+        items: The test examples.
+        options: ``metrics``, ``max_tokens``, ``labels`` and ``k_shot`` (``{"k", "seed"}`` or None).
+        slot: The engine slot of the model's adapter.
+        pool: The examples k-shot prompts are drawn from.
+    """
+    tokenizer = engine.tokenizer(spec.name)
+
+    def evaluator(what: str) -> Evaluator:
+        def progress(done: int, total: int) -> None:
+            ctx.emit(f"{what}: {done}/{total} examples", {"stage": what, "done": done, "total": total})
+
+        return Evaluator(engine, spec.name, tokenizer, spec.chat_format, spec.context_length,
+                         max_tokens=options["max_tokens"], should_stop=ctx.should_stop, progress=progress)
+
+    report: dict[str, Any] = {"base_model": spec.name, "n_examples": len(items)}
+    report["metrics"] = evaluator("model").evaluate(items, options["metrics"], slot=slot, labels=options.get("labels"))
+    shot = options.get("k_shot")
+    if shot:
+        prefix = k_shot_prefix(pool, shot["k"], shot["seed"])
+        report["baseline"] = {"kind": "k_shot", "model": spec.name, "k": shot["k"], "seed": shot["seed"],
+                              "metrics": evaluator("baseline").evaluate(items, options["metrics"], prefix=prefix,
+                                                                        labels=options.get("labels"))}
+    return report
+
+
 def k_shot_prefix(examples: list[Item], k: int, seed: int) -> list[dict]:
     """``k`` single-turn examples drawn with ``seed``, as user/assistant turns."""
     singles = [item for item in examples if len(item.prompt) == 1 and item.prompt[0]["role"] == "user"]
@@ -197,30 +230,13 @@ class EvaluateHandler:
         payload, tenancy = ctx.job.payload, ctx.job.tenancy_id
         spec = self._catalog.get(payload["base_model"], kind="chat")
         items = read_items(self._files.file_content(tenancy, payload["test_file"]), payload.get("text_template"))
+        shot = payload.get("k_shot")
+        pool = read_items(self._files.file_content(tenancy, shot["file"]), payload.get("text_template")) if shot \
+            else []
         engine = self._engine_factory()
         try:
-            tokenizer = engine.tokenizer(spec.name)
             slot = self._adapter(engine, tenancy, payload, spec.name)
-            report: dict[str, Any] = {"model": payload["model"], "base_model": spec.name, "n_examples": len(items)}
-
-            def evaluator(what: str) -> Evaluator:
-                def progress(done: int, total: int) -> None:
-                    ctx.emit(f"{what}: {done}/{total} examples", {"stage": what, "done": done, "total": total})
-
-                return Evaluator(engine, spec.name, tokenizer, spec.chat_format, spec.context_length,
-                                 max_tokens=payload["max_tokens"], should_stop=ctx.should_stop, progress=progress)
-
-            report["metrics"] = evaluator("model").evaluate(items, payload["metrics"], slot=slot,
-                                                            labels=payload.get("labels"))
-            shot = payload.get("k_shot")
-            if shot:
-                pool = read_items(self._files.file_content(tenancy, shot["file"]), payload.get("text_template"))
-                prefix = k_shot_prefix(pool, shot["k"], shot["seed"])
-                report["baseline"] = {"kind": "k_shot", "model": spec.name, "k": shot["k"], "seed": shot["seed"],
-                                      "metrics": evaluator("baseline").evaluate(items, payload["metrics"],
-                                                                                prefix=prefix,
-                                                                                labels=payload.get("labels"))}
-            return report
+            return {"model": payload["model"], **build_report(ctx, engine, spec, items, payload, slot, pool)}
         finally:
             engine.close()
 

@@ -89,10 +89,12 @@ class FineTuneHandler:
         load_model: Loads a base model for training (fresh for each job: training wraps it).
         load_tokenizer: Loads a base model's tokenizer (files are validated before the model loads).
         device: Training device; the model's when None.
+        engine_factory: Builds the serving engine for a job's ``evaluation`` (``jobs.evaluate``); None: none.
     """
 
     def __init__(self, db: Database, objects: ObjectStore, catalog: Catalog, load_model: ModelLoader,
-                 load_tokenizer: TokenizerLoader, device: str | None = None):
+                 load_tokenizer: TokenizerLoader, device: str | None = None,
+                 engine_factory: Callable[[], Any] | None = None):
         self._files = FileStore(db, objects)
         self._jobs = JobQueue(db)
         self._custom_models = CustomModelService(db, objects)
@@ -101,6 +103,7 @@ class FineTuneHandler:
         self._load_model = load_model
         self._load_tokenizer = load_tokenizer
         self._device = device
+        self._engine_factory = engine_factory
 
     def __call__(self, ctx: JobContext) -> dict[str, Any]:
         """Run one job (see the module docstring).
@@ -157,7 +160,9 @@ class FineTuneHandler:
             result = run(config, loaded, train, val, ctx.workdir, forward, ctx.should_stop, device=self._device)
         if result.interrupted:
             raise JobStopped(ctx.stop_reason or "stopped")
-        row = self._store(ctx, spec, config, result)
+        if payload.get("evaluation") and val_bytes is not None:
+            extra["evaluation"] = self._evaluate(ctx, spec, config, result, val_bytes, train_bytes)
+        row = self._store(ctx, spec, config, result, extra.get("evaluation"))
         trained = round(sum(len(e.input_ids) for e in train) * result.epochs)
         return self._result(row, trained_tokens=trained, steps=result.steps, stopped_early=result.stopped_early,
                             best_step=result.best_step, **extra)
@@ -199,13 +204,34 @@ class FineTuneHandler:
         return {(e.data.get("type"), e.data.get("step")) for e in self._jobs.history(tenancy_id, job_id)
                 if isinstance(e.data, dict) and e.data.get("type") in FORWARDED}
 
-    def _store(self, ctx: JobContext, spec: ModelSpec, config: TuneConfig, result) -> CustomModel:
+    def _evaluate(self, ctx: JobContext, spec: ModelSpec, config: TuneConfig, result, val_bytes: bytes,
+                  train_bytes: bytes) -> dict[str, Any]:
+        """The trained adapter scored on the validation file through the serving engine (``jobs.evaluate``)."""
+        from atelier.jobs.evaluate import build_report, read_items
+
+        if self._engine_factory is None:
+            raise InvalidInput("this worker cannot run evaluations", param="evaluation")
+        options = ctx.job.payload["evaluation"]
+        items = read_items(val_bytes, config.text_template)
+        pool = read_items(train_bytes, config.text_template) if options.get("k_shot") else []
+        engine = self._engine_factory()
+        try:
+            slot = engine.add_adapter(spec.name, f"{ctx.job.id}-evaluation", result.adapter_dir)
+            report = build_report(ctx, engine, spec, items, options, slot, pool)
+        finally:
+            engine.close()
+        ctx.emit(f"evaluated on the validation file ({len(items)} examples)", {"type": "message", **report})
+        return {"test_file": ctx.job.payload["validation_file"], **report}
+
+    def _store(self, ctx: JobContext, spec: ModelSpec, config: TuneConfig, result,
+               evaluation: dict[str, Any] | None = None) -> CustomModel:
         """Record the custom model (idempotent: its ids derive from the job's)."""
         from atelier.tuning.export import pack_adapter
 
         metrics = {**result.final_metrics, "trainable_fraction": result.trainable_fraction,
                    "steps": result.steps, "stopped_early": result.stopped_early, "best_step": result.best_step,
-                   "training_config": config.applicable_dump()}
+                   "training_config": config.applicable_dump(),
+                   **({"evaluation": evaluation} if evaluation else {})}
         row = self._custom_models.record(
             ctx.job, base_model=spec.name, method=config.type, adapter=pack_adapter(result.adapter_dir),
             trainable_params=result.trainable_params, total_params=result.total_params,
@@ -239,5 +265,7 @@ def build_fine_tune(settings, db: Database, objects: ObjectStore) -> FineTuneHan
     def load(spec: ModelSpec):
         return load_chat_model(spec, settings.cache_path, settings.device)
 
+    from atelier.engine.factory import open_engine
+
     return FineTuneHandler(db, objects, catalog, load, lambda spec: load_tokenizer(spec, settings.cache_path),
-                           device=settings.device)
+                           device=settings.device, engine_factory=lambda: open_engine(catalog, settings))

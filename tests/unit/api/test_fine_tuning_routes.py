@@ -14,6 +14,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from atelier.engine.client import LocalEngine
 from atelier.engine.loading import tiny_loaded
 from atelier.errors import InvalidInput
 from atelier.jobs.fine_tune import KIND, FineTuneHandler
@@ -60,7 +61,13 @@ def tok(spec):
 
 
 def run_worker(app) -> bool:
-    handler = FineTuneHandler(app.state.services.db, app.state.services.objects, app.state.services.catalog, lambda spec: tiny_loaded("tiny"), tok)
+    services = app.state.services
+
+    def engine():  # what serves the tiny model, for a job's evaluation
+        return LocalEngine(services.catalog, services.settings, preloaded={"tiny": tiny_loaded("tiny")})
+
+    handler = FineTuneHandler(services.db, services.objects, services.catalog, lambda spec: tiny_loaded("tiny"), tok,
+                              engine_factory=engine)
     worker = Worker(app.state.services.db, {KIND: handler}, data_dir=app.state.services.settings.data_path, poll_seconds=0.1)
     return worker.run_once()
 
@@ -167,6 +174,28 @@ def test_a_search_job_keeps_the_best_trial_as_the_custom_model(client, app):
     assert custom["metrics"]["valid_loss"] == pytest.approx(best["valid_loss"])
     events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
     assert {e["data"]["trial"] for e in events if e["data"] and "trial" in e["data"]} == {t["trial"] for t in trials}
+
+
+def test_a_job_evaluates_its_custom_model_on_the_validation_file(client, app, check_error):
+    train, val = upload(client, examples(12)), upload(client, examples(4))
+    evaluation = {"metrics": ["loss", "token_accuracy", "exact_match"], "max_tokens": 3, "k_shot": 2}
+    job = create(client, train, validation_file=val, evaluation=evaluation)
+    assert run_worker(app)
+    done = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done
+    report = client.get(f"/v1/custom-models/{done['fine_tuned_model']}").json()["metrics"]["evaluation"]
+    assert report["test_file"] == val and report["n_examples"] == 4 and report["baseline"]["k"] == 2
+    assert set(report["metrics"]) == {"loss", "token_accuracy", "exact_match", "samples"}
+    # the same loss as training's own validation, through the serving engine (float tiny model here)
+    custom = client.get(f"/v1/custom-models/{done['fine_tuned_model']}").json()["metrics"]
+    assert report["metrics"]["loss"] == pytest.approx(custom["valid_loss"], rel=1e-3)
+    check_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": train,
+                                                          "training_config": SMALL, "evaluation": {}}), 400,
+                param="evaluation")  # no validation file to evaluate on
+    check_error(client.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": train, "validation_file": val,
+                                                          "training_config": SMALL,
+                                                          "evaluation": {"metrics": ["nope"]}}), 400,
+                param="evaluation.metrics")
 
 
 @pytest.mark.parametrize(("search", "param"), [
