@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from atelier.cli.common import JsonOpt, client_for, fail, print_json
+from atelier.client.evaluations import report_rows
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -29,14 +30,11 @@ def _value(value: Any) -> str:
 
 def report_table(report: dict[str, Any]) -> str:
     """The report as text: metric, the model's value, the baseline's."""
-    mine = report.get("metrics", {})
-    base = (report.get("baseline") or {}).get("metrics", {})
     head = f"{report.get('model')} on {report.get('n_examples')} examples"
     if report.get("baseline"):
         head += f" | baseline: {report['baseline']['model']} {report['baseline']['k']}-shot"
-    names = [n for n in mine if n != "samples"] + [n for n in base if n not in mine and n != "samples"]
     lines = [head, f"{'metric':<16}{'model':>12}{'baseline':>12}"]
-    lines += [f"{name:<16}{_value(mine.get(name)):>12}{_value(base.get(name)):>12}" for name in names]
+    lines += [f"{r['metric']:<16}{_value(r['model']):>12}{_value(r['baseline']):>12}" for r in report_rows(report)]
     return "\n".join(lines)
 
 

@@ -7,6 +7,14 @@ from typing import Any
 from atelier.client.base import Collection, drop_none
 
 
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """An evaluation report as rows ``{"metric", "model", "baseline"}`` (baseline None without one), model's order."""
+    mine = report.get("metrics", {})
+    base = (report.get("baseline") or {}).get("metrics", {})
+    names = [n for n in mine if n != "samples"] + [n for n in base if n not in mine and n != "samples"]
+    return [{"metric": n, "model": mine.get(n), "baseline": base.get(n)} for n in names]
+
+
 class Evaluations(Collection):
     """``/v1/evaluations``: create, list, get and cancel evaluations; read their events."""
 

@@ -1,4 +1,4 @@
-"""The research console (Streamlit script run by ``atelier console``): two pages over one connection.
+"""The research console (Streamlit script run by ``atelier console``): three pages over one connection.
 
 Sidebar: the API URL and key (from ``ATELIER_URL``/``ATELIER_API_KEY`` or typed; the key is
 never shown back). Pages, in the top bar:
@@ -9,6 +9,8 @@ never shown back). Pages, in the top bar:
   *Documents* (upload, and each document's ingestion state, polled until ready or failed).
 - *Playground* (``/playground``, ``playground_page``): one message to a chat model with every
   sampling control, the answer streamed, log probabilities, the request as code.
+- *Fine-tuning* (``/fine-tuning``, ``finetuning_page``): jobs and their loss and accuracy curves,
+  evaluations and their reports next to their k-shot baselines.
 
 Every request goes through ``atelier.console.actions`` to the HTTP API; an API error is
 shown as such (status and message), never as a traceback. Script arguments (after ``--``):
@@ -25,7 +27,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from atelier.client import ApiError, ServerUnreachable
-from atelier.console import actions, playground_page
+from atelier.console import actions, finetuning_page, playground_page
 from atelier.console.actions import Connection
 from atelier.settings import Settings
 
@@ -287,9 +289,13 @@ def main() -> None:
     def playground() -> None:
         playground_page.render(conn)
 
+    def finetuning() -> None:
+        finetuning_page.render(conn)
+
     pages = [
         st.Page(research, title="Research assistant", icon=":material/menu_book:", default=True),
         st.Page(playground, title="Playground", icon=":material/chat:", url_path="playground"),
+        st.Page(finetuning, title="Fine-tuning", icon=":material/model_training:", url_path="fine-tuning"),
     ]
     st.navigation(pages, position="top").run()
 
