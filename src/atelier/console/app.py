@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import streamlit as st
 
 from atelier.client import ApiError, ServerUnreachable
 from atelier.console import actions, finetuning_page, playground_page
 from atelier.console.actions import Connection
+from atelier.console.calls import call
 from atelier.settings import Settings
 
-T = TypeVar("T")
 # (No attribute docstrings in this script: Streamlit would show bare strings on the page.)
 POLL_SECONDS = 1.5  # how often the document list is refreshed while an ingestion is under way
 MAX_ANSWER_TOKENS = 200  # default length limit of an answer (a small CPU model writes ~15 tokens/s)
@@ -44,15 +43,6 @@ def script_url() -> str | None:
     parser.add_argument("--url")
     known, _ = parser.parse_known_args(sys.argv[1:])
     return known.url
-
-
-def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-    """``fn(*args, **kwargs)``, or ``None`` after showing the API's error in the page."""
-    try:
-        return fn(*args, **kwargs)
-    except (ApiError, ServerUnreachable) as exc:
-        st.error(actions.describe_error(exc), icon=":material/error:")
-        return None
 
 
 def flash(message: str, error: bool = False) -> None:

@@ -10,17 +10,14 @@ an API error is shown as such.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import streamlit as st
 
-from atelier.client import ApiError, ServerUnreachable
 from atelier.client.evaluations import report_rows
-from atelier.console import actions
 from atelier.console.actions import Connection
+from atelier.console.calls import call
 
-T = TypeVar("T")
 LOSSES = ("train_loss", "valid_loss")
 ACCURACY = ("valid_token_accuracy",)
 
@@ -40,14 +37,6 @@ def _number(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _call(fn: Callable[..., T], *args: Any) -> T | None:
-    try:
-        return fn(*args)
-    except (ApiError, ServerUnreachable) as exc:
-        st.error(actions.describe_error(exc), icon=":material/error:")
-        return None
-
-
 def _chart(rows: list[dict[str, Any]], columns: tuple[str, ...], key: str) -> None:
     points = [{"step": r["step"], **{c: r[c] for c in columns if r.get(c) is not None}} for r in rows]
     points = [p for p in points if len(p) > 1]
@@ -60,8 +49,8 @@ def render(conn: Connection) -> None:
     """The whole page."""
     st.title("Fine-tuning")
     with conn.client() as client:
-        jobs = _call(client.fine_tuning.jobs.list, 50)
-        evaluations = _call(client.evaluations.list)
+        jobs = call(client.fine_tuning.jobs.list, 50)
+        evaluations = call(client.evaluations.list)
         if jobs is None or evaluations is None:
             return
         st.subheader("Jobs")
@@ -76,7 +65,7 @@ def render(conn: Connection) -> None:
             job = next(j for j in jobs if j["id"] == chosen)
             st.caption(f"{job['id']} · {job['status']} · {job['model']}"
                        + (f" → {job['fine_tuned_model']}" if job.get("fine_tuned_model") else ""))
-            events = _call(client.fine_tuning.jobs.events, chosen, 1000) or []
+            events = call(client.fine_tuning.jobs.events, chosen, 1000) or []
             rows = curve_rows(events)
             if rows:
                 with st.container(key="ft-curves"):

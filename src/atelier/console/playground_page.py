@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import streamlit as st
 
 from atelier.client import ApiError, ServerUnreachable
 from atelier.console import actions, playground
 from atelier.console.actions import Connection
+from atelier.console.calls import call
 from atelier.console.playground import PlaygroundForm, StreamedAnswer
 
-T = TypeVar("T")
 DEFAULT_MAX_TOKENS = 256  # a small CPU model writes ~15-30 tokens/s
 MOST_MAX_TOKENS = 32_768  # the widget's bound; the server checks the model's own limit (400 naming max_tokens)
 MOST_TABLES = 256  # log-probability tables shown (one per generated token)
@@ -45,20 +44,11 @@ class Exchange:
     seconds: float
 
 
-def _call(fn: Callable[..., T], *args: Any) -> T | None:
-    """``fn(*args)``, or ``None`` after showing the API's error in the page."""
-    try:
-        return fn(*args)
-    except (ApiError, ServerUnreachable) as exc:
-        st.error(actions.describe_error(exc), icon=":material/error:")
-        return None
-
-
 def render(conn: Connection) -> None:
     """The whole page."""
     st.title("Playground")
     with conn.client() as client:
-        models = _call(actions.chat_models, client)
+        models = call(actions.chat_models, client)
     if models is None:
         return
     if not models:
