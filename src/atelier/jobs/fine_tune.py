@@ -136,7 +136,13 @@ class FineTuneHandler:
         else:
             train, val = split_examples(examples, config.validation_split, config.seed)
         ctx.raise_if_stopped()
-        loaded = self._load_model(spec)
+        loaded = self._load_model(spec)  # fresh for this job: QLoRA may quantize it for good
+        if config.quantize_base != "none":
+            from atelier.tuning.qlora import quantize_frozen_base
+
+            quantized = quantize_frozen_base(loaded.model, config.quantize_base)
+            ctx.emit(f"base quantized to {config.quantize_base} for training ({quantized} linear layers)",
+                     {"type": "message", "quantize_base": config.quantize_base})
         ctx.emit(f"training {config.type} on {len(train)} examples ({len(val)} for validation)",
                  {"type": "message", "train_examples": len(train), "validation_examples": len(val)})
         seen = self._seen(job.tenancy_id, job.id)

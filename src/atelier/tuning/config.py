@@ -103,6 +103,11 @@ class TuneConfig(BaseModel):
     )
     max_grad_norm: float = Field(1.0, ge=0, le=100, description="Gradient norm clipping; 0 disables it.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW decoupled weight decay on the adapter weights.")
+    quantize_base: Literal["none", "int8"] = Field(
+        "none", description="QLoRA: train the adapter over the frozen base's linear layers in int8 (weight-only, "
+        "torchao) instead of float: about a quarter of their memory. (int4 needs torchao kernels this CPU build "
+        "does not have.)",
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute each layer's activations in the backward pass instead of keeping them: "
         "less memory for long examples, about a third more compute.",

@@ -176,6 +176,16 @@ def test_a_search_job_keeps_the_best_trial_as_the_custom_model(client, app):
     assert {e["data"]["trial"] for e in events if e["data"] and "trial" in e["data"]} == {t["trial"] for t in trials}
 
 
+def test_a_qlora_job_trains_over_an_int8_base(client, app):
+    job = create(client, upload(client, examples()), training_config={**SMALL, "quantize_base": "int8"})
+    assert job["training_config"]["quantize_base"] == "int8"
+    assert run_worker(app)
+    done = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    assert any("base quantized to int8" in e["message"] for e in events)
+
+
 def test_a_job_evaluates_its_custom_model_on_the_validation_file(client, app, check_error):
     train, val = upload(client, examples(12)), upload(client, examples(4))
     evaluation = {"metrics": ["loss", "token_accuracy", "exact_match"], "max_tokens": 3, "k_shot": 2}
