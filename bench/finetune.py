@@ -10,8 +10,9 @@ Rows, all scored on the same held-out examples:
 1. the base model, zero-shot (the instruction and the article as one user turn);
 2. the base model, k-shot (``atelier.prompts.templates.k_shot``: k training examples as
    earlier user/assistant turns, one per topic by default);
-3. after LoRA and after T-Few (IA3), trained by ``atelier.tuning.recipe.run`` with a
-   ``TuneConfig`` on the training examples (no validation split: the held-out set is the test).
+3. after LoRA, after LoRA over the base's decoder quantized to int8 (QLoRA, ``quantize_base``,
+   scored on the float base) and after T-Few (IA3), trained by ``atelier.tuning.recipe.run`` with
+   a ``TuneConfig`` on the training examples (no validation split: the held-out set is the test).
 
 Columns: held-out loss and token accuracy on the completion tokens (the label and its
 end-of-turn token, ``atelier.tuning.metrics.token_stats``: the recipe's own evaluation),
@@ -25,7 +26,9 @@ PEFT config, learning rate, batch size, optimizer (AdamW), masked labels and bat
 order). Tokens/s counts the non-padding input tokens (prompt + completion) of optimizer steps
 2..S divided by their wall time (step 1 is warm-up), S = ``--baseline-steps``; the Trainer
 runs only those S steps. Peak memory is the process's peak RSS (``getrusage``; there is no
-allocator statistic for CPU tensors), model included; Atelier's is over its whole run.
+allocator statistic for CPU tensors), model included; Atelier's is over its whole run. RSS while
+training is sampled after each step (loading excluded): QLoRA's saving shows there, since its
+process first loads the float weights it then quantizes.
 
 Run: ``.venv/bin/python bench/finetune.py`` (``--help`` for sizes). Results go to
 ``bench/results/finetune-<timestamp>.json``.
@@ -310,8 +313,13 @@ def worker(spec: dict) -> dict:
     steps = step_batches(len(train), config)
     step_tokens = [sum(len(train[i].input_ids) for i in b) for b in steps]
     S = min(spec["baseline_steps"], len(steps))
+    if spec["engine"] == "atelier" and config.quantize_base != "none":  # as a QLoRA job does, before training
+        from atelier.tuning.qlora import quantize_frozen_base
+
+        quantize_frozen_base(loaded.model, config.quantize_base)
     rss_loaded = rss_mb()
     times: list[float] = []
+    rss_training: list[float] = []  # sampled after each step: memory while training, loading excluded
     out: dict = {"rss_after_load_mb": rss_loaded}
     t0 = time.perf_counter()
     if spec["engine"] == "atelier":
@@ -320,6 +328,7 @@ def worker(spec: dict) -> dict:
         def on_event(event: dict) -> None:
             if event["type"] == "metrics" and len(times) < event["step"]:
                 times.append(time.perf_counter())
+                rss_training.append(rss_mb())
 
         result = run(config, loaded, train, [], Path(spec["workdir"]), on_event=on_event)
         total = time.perf_counter() - t0
@@ -348,6 +357,7 @@ def worker(spec: dict) -> dict:
         class Clock(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 times.append(time.perf_counter())
+                rss_training.append(rss_mb())
 
         def data_collator(batch):
             ids, attention, labels = collate(batch, pad, torch.device("cpu"))
@@ -383,6 +393,7 @@ def worker(spec: dict) -> dict:
         out["tokens_per_s"] = sum(step_tokens[1:S]) / (times[S - 1] - times[0])
     out["step_seconds"] = [b - a for a, b in zip([t0, *times], times)][:S]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    out["training_rss_mb"] = max(rss_training) if rss_training else None
     out["measured_steps"] = f"2..{S}"
     return out
 
@@ -471,30 +482,32 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atelier-bench-ft-") as tmp:
         data_path = Path(tmp) / "train.json"
         data_path.write_text(json.dumps(train))
-        for method in ("lora", "tfew"):  # interleaved: Atelier then Trainer, per method
-            for engine in ("atelier", "trainer"):
-                workdir = Path(tmp) / f"{engine}-{method}"
-                workdir.mkdir()
-                log(f"training {method} with {engine} (subprocess)...")
-                spec = {
-                    "engine": engine,
-                    "config": configs[method].model_dump(mode="json"),
-                    "data": str(data_path),
-                    "workdir": str(workdir),
-                    "threads": threads,
-                    "baseline_steps": args.baseline_steps,
-                }
-                training[f"{engine}-{method}"] = res = run_worker(spec)
-                log(f"  {res.get('tokens_per_s', 0):.1f} tok/s over steps {res['measured_steps']}, "
-                    f"peak RSS {res['peak_rss_mb']:.0f} MB"
-                    + (f", whole run {res['whole_run_seconds']:.0f} s" if "whole_run_seconds" in res else ""))
+        runs = [(engine, method) for method in ("lora", "tfew") for engine in ("atelier", "trainer")]
+        runs.insert(2, ("atelier", "qlora"))  # LoRA over the int8 base, Atelier only (a QLoRA job)
+        configs["qlora"] = configs["lora"].model_copy(update={"quantize_base": "int8"})
+        for engine, method in runs:  # interleaved: Atelier then Trainer, per method
+            workdir = Path(tmp) / f"{engine}-{method}"
+            workdir.mkdir()
+            log(f"training {method} with {engine} (subprocess)...")
+            spec = {
+                "engine": engine,
+                "config": configs[method].model_dump(mode="json"),
+                "data": str(data_path),
+                "workdir": str(workdir),
+                "threads": threads,
+                "baseline_steps": args.baseline_steps,
+            }
+            training[f"{engine}-{method}"] = res = run_worker(spec)
+            log(f"  {res.get('tokens_per_s', 0):.1f} tok/s over steps {res['measured_steps']}, "
+                f"peak RSS {res['peak_rss_mb']:.0f} MB"
+                + (f", whole run {res['whole_run_seconds']:.0f} s" if "whole_run_seconds" in res else ""))
 
         loaded, spec = load_model(threads)
         tok = loaded.tokenizer
         for name, k in (("base, zero-shot", 0), (f"base, {len(shots)}-shot", len(shots))):
             log(f"evaluating {name}...")
             rows[name] = evaluate(loaded.model, tok, spec.chat_format, held, shots[:k])
-        for method, label in (("lora", "LoRA"), ("tfew", "T-Few (IA3)")):
+        for method, label in (("lora", "LoRA"), ("qlora", "LoRA, int8 base (QLoRA)"), ("tfew", "T-Few (IA3)")):
             log(f"evaluating {label}...")
             res = training[f"atelier-{method}"]
             rows[label] = evaluate_adapter(loaded, Path(res["adapter_dir"]), held, [], spec.chat_format)
@@ -510,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         cells = [name, _fmt(r["loss"]), _fmt(r["token_accuracy"]), _fmt(r["task_accuracy"])]
         m = r.get("method")
-        if m:
+        if m == "qlora":  # no Trainer run: compared with plain LoRA in the line below the table
+            a = training["atelier-qlora"]
+            cells += [_fmt(a.get("tokens_per_s"), 1), "-", "-", _fmt(a["peak_rss_mb"], 0), "-", "-"]
+        elif m:
             a, b = training[f"atelier-{m}"], training[f"trainer-{m}"]
             ta, tb = a.get("tokens_per_s"), b.get("tokens_per_s")
             cells += [_fmt(ta, 1), _fmt(tb, 1), f"{ta / tb:.2f}x" if ta and tb else "-",
@@ -538,7 +554,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tok/s: non-padding tokens of optimizer steps 2..{args.baseline_steps} / their wall time, same batches "
           "for both; ratio = Atelier / Trainer (tok/s: higher is better, memory: lower is better);")
     print("peak RSS: getrusage max RSS of the training subprocess, model included (Atelier's over its whole run).")
-    for m in ("lora", "tfew"):
+    rss = {k: v.get("training_rss_mb") for k, v in training.items()}
+    print("RSS while training (after each step, loading excluded), MB: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in rss.items() if v))
+    if rss.get("atelier-qlora") and rss.get("atelier-lora"):
+        q, l = training["atelier-qlora"], training["atelier-lora"]
+        print(f"QLoRA int8 / LoRA: training RSS {rss['atelier-qlora'] / rss['atelier-lora']:.2f}x, tok/s "
+              f"{q.get('tokens_per_s', 0) / max(l.get('tokens_per_s') or 1, 1e-9):.2f}x")
+    for m in ("lora", "qlora", "tfew"):
         a = training[f"atelier-{m}"]
         print(f"  {m}: {a['trainable_params']:,} trainable params, {a['steps']} steps, whole run "
               f"{a['whole_run_seconds']:.0f} s ({a['whole_run_tokens_per_s']:.1f} tok/s incl. setup and save), "
