@@ -393,7 +393,7 @@ def worker(spec: dict) -> dict:
         out["tokens_per_s"] = sum(step_tokens[1:S]) / (times[S - 1] - times[0])
     out["step_seconds"] = [b - a for a, b in zip([t0, *times], times)][:S]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    out["training_rss_mb"] = max(rss_training) if rss_training else None
+    out["training_rss_mb"] = max(rss_training[:S]) if rss_training else None  # the same steps for both engines
     out["measured_steps"] = f"2..{S}"
     return out
 
@@ -483,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         data_path = Path(tmp) / "train.json"
         data_path.write_text(json.dumps(train))
         runs = [(engine, method) for method in ("lora", "tfew") for engine in ("atelier", "trainer")]
-        runs.insert(2, ("atelier", "qlora"))  # LoRA over the int8 base, Atelier only (a QLoRA job)
+        runs[2:2] = [("atelier", "qlora"), ("atelier", "lora-gc")]  # Atelier only: a QLoRA job, and checkpointing
         configs["qlora"] = configs["lora"].model_copy(update={"quantize_base": "int8"})
+        configs["lora-gc"] = configs["lora"].model_copy(update={"gradient_checkpointing": True})
         for engine, method in runs:  # interleaved: Atelier then Trainer, per method
             workdir = Path(tmp) / f"{engine}-{method}"
             workdir.mkdir()
@@ -554,14 +555,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tok/s: non-padding tokens of optimizer steps 2..{args.baseline_steps} / their wall time, same batches "
           "for both; ratio = Atelier / Trainer (tok/s: higher is better, memory: lower is better);")
     print("peak RSS: getrusage max RSS of the training subprocess, model included (Atelier's over its whole run).")
+    print(f"RSS while training: after each of steps 1..{args.baseline_steps} (the steps both engines run), max; "
+          "model included, loading excluded (glibc keeps freed memory, so it is the high-water mark).")
     rss = {k: v.get("training_rss_mb") for k, v in training.items()}
     print("RSS while training (after each step, loading excluded), MB: "
           + ", ".join(f"{k} {v:.0f}" for k, v in rss.items() if v))
-    if rss.get("atelier-qlora") and rss.get("atelier-lora"):
-        q, l = training["atelier-qlora"], training["atelier-lora"]
-        print(f"QLoRA int8 / LoRA: training RSS {rss['atelier-qlora'] / rss['atelier-lora']:.2f}x, tok/s "
-              f"{q.get('tokens_per_s', 0) / max(l.get('tokens_per_s') or 1, 1e-9):.2f}x")
-    for m in ("lora", "qlora", "tfew"):
+    for variant, label in (("qlora", "QLoRA int8"), ("lora-gc", "LoRA + gradient checkpointing")):
+        if rss.get(f"atelier-{variant}") and rss.get("atelier-lora") and rss.get("trainer-lora"):
+            q, l = training[f"atelier-{variant}"], training["atelier-lora"]
+            print(f"{label}: training RSS {rss[f'atelier-{variant}']:.0f} MB = "
+                  f"{rss[f'atelier-{variant}'] / rss['atelier-lora']:.2f}x LoRA's, "
+                  f"{rss[f'atelier-{variant}'] / rss['trainer-lora']:.2f}x Trainer's; tok/s "
+                  f"{q.get('tokens_per_s', 0) / max(l.get('tokens_per_s') or 1, 1e-9):.2f}x LoRA's")
+    for m in ("lora", "qlora", "lora-gc", "tfew"):
         a = training[f"atelier-{m}"]
         print(f"  {m}: {a['trainable_params']:,} trainable params, {a['steps']} steps, whole run "
               f"{a['whole_run_seconds']:.0f} s ({a['whole_run_tokens_per_s']:.1f} tok/s incl. setup and save), "
