@@ -80,6 +80,7 @@ class Tenancy:
         job = self.post("/v1/fine_tuning/jobs", {"model": "tiny", "training_file": self.file_id}, status=200)
         self.fine_tuning_job_id = job["id"]  # failed validation (one example): a job all the same
         self.custom_model_id = add_custom_model(client.app, self.id, job["id"])
+        self.evaluation_id = self.post("/v1/evaluations", {"model": "tiny", "test_file": self.file_id})["id"]
         self.knowledge_base_id = self.post("/v1/knowledge-bases", {"name": "docs", "compartment": "eng"})["id"]
         document = self.http.post(f"/v1/knowledge-bases/{self.knowledge_base_id}/documents",
                                   files={"file": ("notes.txt", f"Notes of {name}.".encode())})
@@ -95,6 +96,7 @@ class Tenancy:
             "key_id": [k["id"] for k in listed["api-keys"]],
             "file_id": [self.file_id],
             "fine_tuning_job_id": [self.fine_tuning_job_id],
+            "evaluation_id": [self.evaluation_id],
             "custom_model_id": [self.custom_model_id],
             "knowledge_base_id": [self.knowledge_base_id],
             "document_id": [self.document_id],
@@ -111,6 +113,7 @@ class Tenancy:
             "key_id": self.key_id,
             "file_id": self.file_id,
             "fine_tuning_job_id": self.fine_tuning_job_id,
+            "evaluation_id": self.evaluation_id,
             "custom_model_id": self.custom_model_id,
             "knowledge_base_id": self.knowledge_base_id,
             "document_id": self.document_id,
