@@ -1,4 +1,5 @@
-"""The adapters' memory budget, shared by the engines: least recently used idle adapters make room.
+"""The adapters' bookkeeping shared by the engines: the memory budget (least recently used idle adapters
+make room) and taking an adapter out of the tables.
 
 Both engines keep their adapters in an ``OrderedDict`` by key (least recently used first) and
 a dict by slot; an adapter has ``key``, ``slot``, ``nbytes`` and ``in_use`` (requests under
@@ -50,3 +51,11 @@ def make_room(adapters: OrderedDict[str, Any], slots: dict[int, Any], nbytes: in
             "adapters in use; retry later",
         )
     return evicted
+
+
+def take_out(adapters: OrderedDict[str, Any], slots: dict[int, Any], slot: int) -> Any | None:
+    """Remove the adapter of ``slot`` from both tables (call it with the engine's lock held); it, or None."""
+    adapter = slots.pop(slot, None)
+    if adapter is not None and adapters.get(adapter.key) is adapter:
+        del adapters[adapter.key]
+    return adapter

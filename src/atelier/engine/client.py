@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from atelier.engine.adapter_budget import make_room
+from atelier.engine.adapter_budget import make_room, take_out
 from atelier.engine.adapters import read_peft_adapter
 from atelier.engine.constraints import check_constraint
 from atelier.engine.embedding import Embedder
@@ -258,9 +258,7 @@ class LocalEngine:
 
     def remove_adapter(self, slot: int) -> None:
         with self._lock:
-            adapter = self._slots.pop(slot, None)
-            if adapter is not None and self._adapters.get(adapter.key) is adapter:
-                del self._adapters[adapter.key]
+            adapter = take_out(self._adapters, self._slots, slot)
         if adapter is not None:
             self._unload(adapter, Unavailable("the adapter was removed"))
 

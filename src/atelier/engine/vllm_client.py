@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from atelier.engine.adapter_budget import make_room
+from atelier.engine.adapter_budget import make_room, take_out
 from atelier.engine.constraints import check_constraint
 from atelier.engine.types import (
     Constraint,
@@ -435,17 +435,9 @@ class VllmEngine:
             self._adapters.move_to_end(key)
             return found.slot
 
-    def adapter_name(self, slot: int) -> str | None:
-        """The opaque name vLLM knows an adapter by (tests and operators), or None."""
-        with self._lock:
-            found = self._slots.get(slot)
-            return found.name if found is not None else None
-
     def remove_adapter(self, slot: int) -> None:
         with self._lock:
-            adapter = self._slots.pop(slot, None)
-            if adapter is not None and self._adapters.get(adapter.key) is adapter:
-                del self._adapters[adapter.key]
+            adapter = take_out(self._adapters, self._slots, slot)
         if adapter is not None:
             self._unload(adapter)
 

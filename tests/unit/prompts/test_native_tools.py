@@ -10,18 +10,9 @@ import pytest
 from atelier.engine.loading import tiny_tokenizer
 from atelier.prompts.formats import render_chat, renders_tools
 from atelier.prompts.tools import TOOLS_PROMPT, parse_tool_calls, tool_functions
+from tests.unit.prompts.test_tools import LOOP, WEATHER
 
 TEMPLATE = (Path(__file__).parent / "templates" / "qwen2_5_style.jinja").read_text()
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-LOOP = [
-    {"role": "user", "content": "Weather in Paris and Rome?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-        {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
-    {"role": "tool", "tool_call_id": "c1", "content": "21 C"},
-    {"role": "tool", "tool_call_id": "c2", "content": "25 C"},
-]  # fmt: skip
 HERMES_LINE = TOOLS_PROMPT.splitlines()[0]
 
 

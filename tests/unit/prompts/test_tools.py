@@ -30,16 +30,19 @@ def test_tools_are_checked_as_openai_does():
         assert refused.value.param == param
 
 
+LOOP = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "21 C"},
+    {"role": "tool", "tool_call_id": "c2", "content": "25 C"},
+]  # fmt: skip
+"""A tool-calling loop: two parallel calls and their results (also rendered natively in test_native_tools)."""
+
+
 def test_a_tool_calling_conversation_becomes_plain_turns():
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Weather in Paris and Rome?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "21 C"},
-        {"role": "tool", "tool_call_id": "c2", "content": "25 C"},
-    ]  # fmt: skip
+    messages = [{"role": "system", "content": "Be brief."}, *LOOP]
     out = with_tools(normalize_messages(messages, tool_turns=True), tool_functions([WEATHER]))
     assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]
     assert out[0]["content"].startswith("Be brief.\n\n") and '"name": "get_weather"' in out[0]["content"]
