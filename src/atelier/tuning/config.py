@@ -16,10 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from atelier.errors import InvalidInput
 
-Method = Literal["lora", "tfew"]
+Method = Literal["lora", "tfew", "full"]
 
-DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "tfew": 1e-2}
-"""Learning rate per method when none is given (OCI's defaults)."""
+DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "tfew": 1e-2, "full": 2e-5}
+"""Learning rate per method when none is given (OCI's defaults for LoRA and T-Few)."""
+
+ADAPTER_METHODS: tuple[str, ...] = ("lora", "tfew")
+"""Methods that train an adapter over the frozen base; ``full`` trains every weight of a copy of it."""
+
+FULL_MAX_PARAMS = 1_000_000_000
+"""Largest model ``full`` fine-tuning accepts: weights, gradients and AdamW's two moments are 16 bytes a
+parameter in float32, checkpoints 12 (16 GB and 12 GB at this size)."""
 
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "lora": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -33,6 +40,7 @@ DEFAULT_FEEDFORWARD_MODULES: tuple[str, ...] = ("down_proj",)
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "lora": ("lora_r", "lora_alpha", "lora_dropout"),
     "tfew": ("feedforward_modules",),
+    "full": (),
 }
 """Fields that apply to one method only; every other field applies to every method. A request
 setting another method's field is refused, and a job shows none of them (``applicable_dump``)."""
@@ -40,9 +48,14 @@ setting another method's field is refused, and a job shows none of them (``appli
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 
 
+ADAPTER_FIELDS: tuple[str, ...] = ("target_modules", "quantize_base")
+"""Fields of every adapter method that ``full`` does not have (it trains all weights, in float)."""
+
+
 def _other_methods_fields(method: str) -> tuple[str, ...]:
-    """The fields that apply only to methods other than ``method``."""
-    return tuple(name for other, names in METHOD_FIELDS.items() if other != method for name in names)
+    """The fields that do not apply to ``method``: other methods' own, and the adapters' for ``full``."""
+    own = tuple(name for other, names in METHOD_FIELDS.items() if other != method for name in names)
+    return own + ADAPTER_FIELDS if method not in ADAPTER_METHODS else own
 
 
 class TuneConfig(BaseModel):
@@ -51,12 +64,13 @@ class TuneConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     type: Method = Field(
-        "lora", description="Method: 'lora' (low-rank updates) or 'tfew' (T-Few, IA3 scaling vectors)."
+        "lora", description="Method: 'lora' (low-rank updates), 'tfew' (T-Few, IA3 scaling vectors) or 'full' "
+        "(every weight trained, for models up to 1B parameters: the result is a whole model of the tenancy's own)."
     )
     total_training_epochs: int = Field(3, ge=1, le=50, description="Passes over the training examples.")
     training_batch_size: int = Field(8, ge=1, le=256, description="Examples per micro-batch.")
     learning_rate: float = Field(
-        None, gt=0, le=1, description="Peak learning rate; 2e-4 for LoRA and 1e-2 for T-Few when not given."
+        None, gt=0, le=1, description="Peak learning rate; 2e-4 for LoRA, 1e-2 for T-Few and 2e-5 for full when not given."
     )  # type: ignore[assignment]  (filled in by _resolve before validation)
     early_stopping_patience: int = Field(
         15, ge=0, le=1000, description="Evaluations without improvement before stopping; 0 disables early stopping."
@@ -131,11 +145,10 @@ class TuneConfig(BaseModel):
             return data
         data = dict(data)
         method = data.get("type", "lora")
-        if method in DEFAULT_LEARNING_RATE:
-            if data.get("learning_rate") is None:
-                data["learning_rate"] = DEFAULT_LEARNING_RATE[method]
-            if data.get("target_modules") is None:
-                data["target_modules"] = DEFAULT_TARGET_MODULES[method]
+        if method in DEFAULT_LEARNING_RATE and data.get("learning_rate") is None:
+            data["learning_rate"] = DEFAULT_LEARNING_RATE[method]
+        if method in DEFAULT_TARGET_MODULES and data.get("target_modules") is None:
+            data["target_modules"] = DEFAULT_TARGET_MODULES[method]
         if data.get("feedforward_modules") is None:
             data["feedforward_modules"] = DEFAULT_FEEDFORWARD_MODULES if method == "tfew" else ()
         if data.get("lora_alpha") is None:
@@ -176,9 +189,17 @@ class TuneConfig(BaseModel):
             extra = set(value) - set(targets)
             if extra:
                 raise ValueError(f"{sorted(extra)} are not among target_modules")
-        elif method == "lora" and value:
+        elif method != "tfew" and value:
             raise ValueError("feedforward_modules applies to tfew only")
         return value
+
+    @model_validator(mode="after")
+    def _full_has_no_adapter(self) -> "TuneConfig":
+        if self.type == "full" and self.target_modules is not None:
+            raise ValueError("target_modules applies to lora and tfew (full trains every weight)")
+        if self.type == "full" and self.quantize_base != "none":
+            raise ValueError("quantize_base applies to lora and tfew (full trains the float weights themselves)")
+        return self
 
     # ------------------------------------------------------------ derived values
 
@@ -186,6 +207,8 @@ class TuneConfig(BaseModel):
         """PEFT's config of the adapter these settings train (LoRA or IA3, causal LM)."""
         from peft import IA3Config, LoraConfig
 
+        if self.type not in ADAPTER_METHODS:
+            raise ValueError(f"method {self.type!r} trains no adapter")
         if self.type == "lora":
             return LoraConfig(task_type="CAUSAL_LM", r=self.lora_r, lora_alpha=self.lora_alpha,
                               lora_dropout=self.lora_dropout, target_modules=list(self.target_modules), bias="none")
@@ -226,7 +249,7 @@ class TuneConfig(BaseModel):
 
         OpenAI's hyperparameters map onto OCI's names: ``n_epochs`` → ``total_training_epochs``,
         ``batch_size`` → ``training_batch_size``, ``learning_rate_multiplier`` → ``learning_rate``
-        = multiplier × the method's default (2e-4 LoRA, 1e-2 T-Few). ``"auto"`` (or absent)
+        = multiplier × the method's default (2e-4 LoRA, 1e-2 T-Few, 2e-5 full). ``"auto"`` (or absent)
         means the default. A value given under both names must agree.
 
         Args:

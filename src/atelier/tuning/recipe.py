@@ -1,10 +1,11 @@
-"""The fine-tuning recipe: setup → train → evaluate → save_checkpoint → resume, for LoRA and T-Few.
+"""The fine-tuning recipe: setup → train → evaluate → save_checkpoint → resume, for LoRA, T-Few and full.
 
-One recipe serves both methods through PEFT: LoRA replaces a target linear map by
+One recipe serves the adapter methods through PEFT: LoRA replaces a target linear map by
 ``x ↦ W₀x + (α/r)·B A x`` (A: r×d_in, B: d_out×r, B = 0 at start), T-Few (IA3) by
 ``x ↦ l ⊙ W₀x`` (or ``W₀(l ⊙ x)`` for feed-forward modules), ``l = 1`` at start; only A, B
-or l are trained. The loss is the mean cross-entropy over completion (assistant) tokens
-of each optimizer step's examples; prompts carry no loss.
+or l are trained. ``full`` trains every weight of a copy of the base model (the base itself
+is left as it was) and saves a whole Hugging Face model. The loss is the mean cross-entropy
+over completion (assistant) tokens of each optimizer step's examples; prompts carry no loss.
 
 Determinism is what makes resumption exact: the data order of an epoch is a pure function
 of ``(seed, epoch)``, the learning rate a pure function of the step, and a checkpoint
@@ -17,6 +18,7 @@ storage or tenants.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -44,7 +46,7 @@ from atelier.tuning.checkpointing import (
     write_dir_atomically,
     write_json_atomically,
 )
-from atelier.tuning.config import TuneConfig
+from atelier.tuning.config import ADAPTER_METHODS, FULL_MAX_PARAMS, TuneConfig
 from atelier.tuning.data import IGNORE_INDEX, Example
 from atelier.tuning.labelled_loss import CompletionLoss
 from atelier.tuning.metrics import TokenStats
@@ -59,6 +61,8 @@ KEEP_CHECKPOINTS = 2
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
 ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+"""Where ``full`` saves its model (``config.json`` + ``model.safetensors``) in the work directory."""
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -67,11 +71,12 @@ class TuneResult:
     """What a finished (or interrupted) training run produced."""
 
     adapter_dir: Path | None
-    """PEFT directory (``adapter_config.json`` + ``adapter_model.safetensors``); None if interrupted."""
+    """PEFT directory (``adapter_config.json`` + ``adapter_model.safetensors``), or for ``full`` a
+    Hugging Face model directory (``config.json`` + ``model.safetensors``); None if interrupted."""
     method: str
-    """``lora`` or ``tfew``."""
+    """``lora``, ``tfew`` or ``full``."""
     trainable_params: int
-    """Parameters trained (the adapter's)."""
+    """Parameters trained (the adapter's; all of them for ``full``)."""
     total_params: int
     """Parameters of base model plus adapter."""
     trainable_fraction: float
@@ -265,11 +270,22 @@ class Recipe:
 
     # ------------------------------------------------------------ setup / teardown
 
+    @property
+    def adapted(self) -> bool:
+        """Whether this run trains an adapter (LoRA, T-Few) rather than every weight (``full``)."""
+        return self.config.type in ADAPTER_METHODS
+
+    def _causal(self):
+        """The transformers model being trained: the PEFT model's base, or the full run's copy."""
+        return self.model.get_base_model() if self.adapted else self.model
+
     def setup(self) -> None:
-        """Wrap the base model with a fresh adapter (seeded), build the optimizer, then resume if possible.
+        """Wrap the base model with a fresh adapter (seeded), or copy it for ``full``; build the optimizer,
+        then resume if possible.
 
         Raises:
-            InvalidInput: the target modules are not in the model.
+            InvalidInput: the target modules are not in the model, or ``full`` on a model over
+                ``FULL_MAX_PARAMS`` parameters.
             Conflict: the work directory holds checkpoints of a different run.
         """
         from peft import get_peft_model
@@ -280,16 +296,25 @@ class Recipe:
         if self.device != next(base.parameters()).device:
             base.to(self.device)
         torch.manual_seed(self.config.seed)
-        try:
-            with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: noise in every job log
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                self.model = get_peft_model(base, self.config.peft_config())
-        except ValueError as exc:
-            raise InvalidInput(f"target_modules: {exc}", param="training_config.target_modules") from None
-        self.model.peft_config["default"].base_model_name_or_path = getattr(self.loaded, "name", None) or None
+        if not self.adapted:
+            size = sum(p.numel() for p in base.parameters())
+            if size > FULL_MAX_PARAMS:
+                raise InvalidInput(
+                    f"full fine-tuning takes models up to {FULL_MAX_PARAMS:,} parameters; this one has {size:,}: "
+                    "train a LoRA or T-Few adapter instead", param="training_config.type")  # fmt: skip
+            self.model = copy.deepcopy(base)  # the borrowed base stays as it was (it may be serving)
+            self.model.requires_grad_(True)
+        else:
+            try:
+                with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: noise in every log
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    self.model = get_peft_model(base, self.config.peft_config())
+            except ValueError as exc:
+                raise InvalidInput(f"target_modules: {exc}", param="training_config.target_modules") from None
+            self.model.peft_config["default"].base_model_name_or_path = getattr(self.loaded, "name", None) or None
         self.loss = CompletionLoss(self.model)  # logits at the completion positions only
         if self.config.gradient_checkpointing:  # transformers' own: each layer's activations recomputed
-            _checkpointing(self.model.get_base_model(), True)
+            _checkpointing(self._causal(), True)
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         trainable = sum(p.numel() for _, p in self.params)
         total = sum(p.numel() for p in self.model.parameters())
@@ -302,8 +327,12 @@ class Recipe:
         self.resume()
 
     def teardown(self) -> None:
-        """Remove the adapter from the base model and restore its modes: the base is as it was."""
+        """Remove the adapter from the base model and restore its modes (or drop ``full``'s copy): the base is as
+        it was."""
         if self.model is None:
+            return
+        if not self.adapted:  # the copy is dropped; the base was never touched
+            self.model, self.best_weights = None, None
             return
         if self.config.gradient_checkpointing:
             _checkpointing(self.model.get_base_model(), False)
@@ -507,6 +536,11 @@ class Recipe:
             (tmp / "README.md").unlink(missing_ok=True)
             sort_module_lists(tmp / "adapter_config.json")  # PEFT writes sets in per-process order
 
+        def write_model(tmp: Path) -> None:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+
+        if not self.adapted:
+            return write_dir_atomically(self.workdir / MODEL_DIR, write_model)
         return write_dir_atomically(self.workdir / ADAPTER_DIR, write)
 
     def _result(self, adapter: Path | None, interrupted: bool) -> TuneResult:
@@ -555,7 +589,7 @@ def run(
         config: hyperparameters.
         model: a ``LoadedModel``-like holder (``.name``, ``.model``, ``.tokenizer``). Its
             model is wrapped in place and restored before returning: do not serve from it
-            meanwhile.
+            meanwhile (``full`` trains a copy of it, which costs the model's memory once more).
         train: training examples (``data.load_examples`` / ``split_examples``).
         val: validation examples; empty disables validation metrics and early stopping.
         workdir: the run's own directory (``checkpoints/``, ``adapter/``, ``result.json``).

@@ -12,6 +12,7 @@ REQUESTS = [
     {"type": "tfew", "total_training_epochs": 5, "target_modules": ["k_proj", "down_proj"], "learning_rate": 0.02},
     {"type": "lora"},
     {"type": "lora", "lora_r": 4, "lora_dropout": 0.0, "text_template": "Q: {q}\nA: {a}"},
+    {"type": "full", "learning_rate": 1e-5, "gradient_checkpointing": True},
     {},
 ]
 
@@ -21,12 +22,35 @@ REQUESTS = [
     [
         ("tfew", {"lora_r", "lora_alpha", "lora_dropout"}, {"feedforward_modules"}),
         ("lora", {"feedforward_modules"}, {"lora_r", "lora_alpha", "lora_dropout"}),
+        ("full", {"lora_r", "lora_alpha", "lora_dropout", "feedforward_modules", "target_modules", "quantize_base"},
+         {"learning_rate", "gradient_checkpointing"}),
     ],
 )
 def test_only_the_settings_of_the_method_are_shown(method, absent, present):
     shown = TuneConfig.from_request({"type": method}).applicable_dump()
     assert not absent & set(shown) and present <= set(shown)
-    assert shown["type"] == method and shown["target_modules"] and "learning_rate" in shown
+    assert shown["type"] == method and "learning_rate" in shown
+    assert bool(shown.get("target_modules")) == (method != "full")
+
+
+@pytest.mark.parametrize(("field", "value"), [("target_modules", ["q_proj"]), ("quantize_base", "int8"),
+                                              ("lora_r", 4), ("feedforward_modules", ["down_proj"])])
+def test_full_refuses_the_adapter_settings(field, value):
+    from atelier.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as err:
+        TuneConfig.from_request({"type": "full", field: value})
+    assert err.value.param == f"training_config.{field}"
+    if field in ("target_modules", "quantize_base"):  # set directly too (others' fields get defaults, unused)
+        with pytest.raises(ValueError):
+            TuneConfig(type="full", **{field: value})
+
+
+def test_full_has_its_own_default_learning_rate():
+    assert TuneConfig(type="full").learning_rate == 2e-5
+    assert TuneConfig.from_request({"type": "full"}, {"learning_rate_multiplier": 2}).learning_rate == 4e-5
+    with pytest.raises(ValueError):
+        TuneConfig(type="full").peft_config()
 
 
 @pytest.mark.parametrize("request_", REQUESTS)
