@@ -44,7 +44,7 @@ def test_dump_round_trips():
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("type", "full"),
+        ("type", "prefix"),
         ("total_training_epochs", 0),
         ("training_batch_size", 0),
         ("learning_rate", 0),

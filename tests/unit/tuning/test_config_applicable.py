@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from atelier.tuning.config import METHOD_FIELDS, TuneConfig
+from atelier.tuning.config import ADAPTER_FIELDS, METHOD_FIELDS, TuneConfig
 
 REQUESTS = [
     {"type": "tfew"},
@@ -61,11 +61,11 @@ def test_the_reduced_dict_round_trips_to_the_same_config(request_):
     assert again == config  # same training settings, same run fingerprint (full model_dump)
     assert again.model_dump(mode="json") == config.model_dump(mode="json")
     assert again.applicable_dump() == shown
-    assert set(config.model_dump()) - set(shown) == {f for m, names in METHOD_FIELDS.items() if m != config.type
-                                                     for f in names}
+    hidden = {f for m, names in METHOD_FIELDS.items() if m != config.type for f in names}
+    assert set(config.model_dump()) - set(shown) == hidden | (set(ADAPTER_FIELDS) if config.type == "full" else set())
 
 
 def test_every_method_specific_field_is_a_field_and_methods_do_not_share_one():
     named = [f for names in METHOD_FIELDS.values() for f in names]
     assert set(named) <= set(TuneConfig.model_fields) and len(named) == len(set(named))
-    assert set(METHOD_FIELDS) == {"lora", "tfew"}
+    assert set(METHOD_FIELDS) == {"lora", "tfew", "full"} and set(ADAPTER_FIELDS) <= set(TuneConfig.model_fields)
