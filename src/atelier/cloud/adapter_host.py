@@ -18,7 +18,7 @@ from atelier.errors import Unavailable
 from atelier.principal import Principal
 from atelier.store.objects import ObjectStore
 from atelier.store.tables import CustomModel
-from atelier.tuning.export import unpack_adapter
+from atelier.tuning.export import unpack_weights
 
 
 class AdapterHost:
@@ -70,7 +70,7 @@ class AdapterHost:
         self._scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory = Path(tempfile.mkdtemp(prefix="adapter-", dir=self._scratch))  # mode 0700
         try:
-            unpack_adapter(packed, directory, overwrite=True)
+            unpack_weights(packed, directory, overwrite=True)
             return self._engine.add_adapter(row.base_model, row.id, directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)

@@ -21,11 +21,11 @@ from atelier.engine.adapter_budget import make_room, take_out
 from atelier.engine.adapters import read_peft_adapter
 from atelier.engine.constraints import check_constraint
 from atelier.engine.embedding import Embedder
-from atelier.engine.loading import load_chat_model, load_tokenizer
+from atelier.engine.loading import load_chat_model, load_full_model, load_tokenizer
 from atelier.engine.scheduler import Scheduler
 from atelier.engine.threads import in_fresh_thread
 from atelier.engine.types import Constraint, EmbeddingResult, GenerationRequest, InputType, TokenEvent, TruncateMode
-from atelier.errors import NotFound, Unavailable
+from atelier.errors import InvalidInput, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class _Adapter:
     nbytes: int
     in_use: int = 0
     ready: bool = False
+    whole: bool = False  # a full fine-tune: a model of its own with its own scheduler (index 0 = its weights)
 
 
 class LocalEngine:
@@ -112,6 +113,11 @@ class LocalEngine:
     never reach another adapter. While the adapters' memory is over
     ``settings.adapter_memory_mb``, the least recently used adapters with no request under
     way are evicted (``adapter_slot`` then answers None and the caller loads it again).
+
+    A full fine-tune (a directory with a model's ``config.json`` and ``model.safetensors``
+    instead of an adapter) takes a slot the same way, but it is a whole model: it gets its own
+    scheduler (its own thread and KV cache), the base's tokenizer and quantization, and its
+    bytes count against the same budget.
     """
 
     def __init__(self, catalog, settings, preloaded: dict[str, Any] | None = None):
@@ -211,12 +217,11 @@ class LocalEngine:
             if found is not None and found.model == model:
                 self._adapters.move_to_end(key)
                 return found.slot
+        directory = Path(directory)
+        if not (directory / "adapter_config.json").exists() and (directory / "config.json").exists():
+            return self._add_whole(model, key, directory, sched)
         weights = read_peft_adapter(directory, sched.adapters.linears)  # any thread: parse and check
-        with self._lock:
-            evicted = make_room(self._adapters, self._slots, weights.nbytes, self._settings.adapter_memory_mb,
-                                lambda a: a.in_use == 0 and a.ready)
-        for old in evicted:
-            self._unload(old, Unavailable("the adapter was unloaded"))
+        self._make_room(weights.nbytes)
         with self._lock:
             found = self._adapters.get(key)
             if found is not None and found.model == model:  # added meanwhile by another request
@@ -236,7 +241,55 @@ class LocalEngine:
         log.info("adapter %s loaded over %s (slot %d, %.1f MB)", key, model, adapter.slot, weights.nbytes / 2**20)
         return adapter.slot
 
+    def _make_room(self, nbytes: int) -> None:
+        with self._lock:
+            evicted = make_room(self._adapters, self._slots, nbytes, self._settings.adapter_memory_mb,
+                                lambda a: a.in_use == 0 and a.ready)
+        for old in evicted:
+            self._unload(old, Unavailable("the adapter was unloaded"))
+
+    def _add_whole(self, model: str, key: str, directory: Path, base: Scheduler) -> int:
+        """A full fine-tune of ``model`` in a slot of its own, on a scheduler of its own (see the class docstring)."""
+        spec = self._catalog.get(model, kind="chat")
+        try:
+            loaded = in_fresh_thread(lambda: load_full_model(
+                spec, directory, base.loaded, self._settings.device,
+                self._settings.quantization_of(model, spec.quantization)))
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.exception("loading the full fine-tune %s failed", key)
+            raise Unavailable(f"the fine-tuned model could not be loaded: {exc}") from exc
+        nbytes = sum(t.numel() * t.element_size()
+                     for t in itertools.chain(loaded.model.parameters(), loaded.model.buffers()))
+        self._make_room(nbytes)
+        sched = Scheduler(
+            loaded, spec.context_length, max_batch=self._settings.max_batch, max_waiting=self._settings.max_waiting,
+            prefix_cache_bytes=int(self._settings.prefix_cache_mb * 2**20),
+        )
+        with self._lock:
+            found = self._adapters.get(key)
+            if found is None or found.model != model:
+                adapter = _Adapter(next(self._next_slot), key, model, sched, 0, nbytes, ready=True, whole=True)
+                self._slots[adapter.slot] = adapter
+                self._adapters[key] = adapter
+        if found is not None and found.model == model:  # added meanwhile by another request
+            sched.close()
+            return found.slot
+        log.info("full fine-tune %s loaded over %s's shape (slot %d, %.1f MB)", key, model, adapter.slot,
+                 nbytes / 2**20)
+        return adapter.slot
+
     def _unload(self, adapter: "_Adapter", exc: BaseException) -> None:
+        if adapter.whole:
+            try:
+                adapter.scheduler.call(lambda: adapter.scheduler.fail_adapter(0, exc)).result()
+            except Unavailable:  # the engine is shutting down
+                pass
+            adapter.scheduler.close()
+            log.info("full fine-tune %s unloaded (slot %d)", adapter.key, adapter.slot)
+            return
+
         def run() -> None:
             adapter.scheduler.fail_adapter(adapter.index, exc)
             adapter.scheduler.adapters.clear(adapter.index)
@@ -343,6 +396,9 @@ class LocalEngine:
         }
 
     def close(self) -> None:
+        for adapter in list(self._slots.values()):
+            if adapter.whole:
+                adapter.scheduler.close()
         for sched in list(self._schedulers.values()):
             sched.close()
         self._schedulers.clear()

@@ -142,6 +142,43 @@ def load_chat_model(spec: ModelSpec, cache_dir: Path, device: str = "cpu", quant
     return LoadedModel(spec.name, model, tokenizer, eos_ids(tokenizer, model.config))
 
 
+SAME_SHAPE = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "intermediate_size")
+"""Config fields a full fine-tune must share with its base (it is served with the base's tokenizer and limits)."""
+
+
+def load_full_model(spec: ModelSpec, directory: Path, base: LoadedModel, device: str = "cpu",
+                    quantization: str = "none") -> LoadedModel:
+    """Load a full fine-tune of the catalog model ``spec`` (``config.json`` + ``model.safetensors``) for inference.
+
+    It keeps the base's tokenizer and is quantized like the base when served.
+
+    Args:
+        directory: The fine-tune's files (``tuning.recipe`` wrote them with ``save_pretrained``).
+        base: The loaded base model (its tokenizer and config).
+
+    Raises:
+        InvalidInput: The files are not a model of the base's shape.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from atelier.errors import InvalidInput
+
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"not a model directory: {exc}", param="model") from None
+    differs = [k for k in SAME_SHAPE if getattr(config, k, None) != getattr(base.model.config, k, None)]
+    if differs:
+        raise InvalidInput(f"the fine-tuned model does not have the shape of {spec.name} ({', '.join(differs)} "
+                           "differ)", param="model")
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=_dtype(spec)).to(device).eval()
+    model.requires_grad_(False)
+    if quantization != "none" and device == "cpu":
+        quantize_model(model, quantization)
+    return LoadedModel(spec.name, model, base.tokenizer, eos_ids(base.tokenizer, model.config))
+
+
 # ---------------------------------------------------------------- tiny models for tests
 
 

@@ -380,6 +380,10 @@ class VllmEngine:
                 self._adapters.move_to_end(key)
                 return found.slot
         directory = Path(directory)
+        if not (directory / "adapter_config.json").exists() and (directory / "config.json").exists():
+            raise InvalidInput("a full fine-tune is a whole model: vLLM's servers serve the base they were started "
+                               "with (full fine-tunes are served by the in-process engine: engine=local)",
+                               param="model")
         try:
             config = json.loads((directory / "adapter_config.json").read_text())
         except (OSError, ValueError) as exc:

@@ -42,7 +42,7 @@ from atelier.prompts.templates import k_shot
 from atelier.store.files import FileStore
 from atelier.store.objects import ObjectStore
 from atelier.tuning.data import IGNORE_INDEX, tokenize_example, to_messages
-from atelier.tuning.export import unpack_adapter
+from atelier.tuning.export import unpack_weights
 from atelier.tuning.scoring import GENERATION_METRICS, LIKELIHOOD_METRICS, score
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ class EvaluateHandler:
         self._scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory = Path(tempfile.mkdtemp(prefix="eval-adapter-", dir=self._scratch))
         try:
-            unpack_adapter(self._objects.get(tenancy, payload["adapter_object_id"]), directory, overwrite=True)
+            unpack_weights(self._objects.get(tenancy, payload["adapter_object_id"]), directory, overwrite=True)
             return engine.add_adapter(base, payload["custom_model_id"], directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The ``fine-tune`` job: sealed JSONL in, sealed PEFT adapter and a custom model out.
+"""The ``fine-tune`` job: sealed JSONL in, sealed PEFT adapter (or whole model, for ``full``) and a custom model out.
 
 Runs in a worker process. For one job it:
 
@@ -13,7 +13,7 @@ Runs in a worker process. For one job it:
    checkpoint is also sealed in the object store before its event is recorded
    (``jobs.checkpoints``), and put back in the work directory when it is not there, so a
    job resumes on any node; it is discarded once the job has ended;
-3. packs the adapter and records the custom model through the same service the API reads
+3. packs the adapter (``full``: the model's config and weights) and records the custom model through the same service the API reads
    it with (``cloud.custom_models.CustomModelService.record``: sealed adapter, ids and name
    derived from the job's, so a worker that dies between the two steps is resumed without
    duplicates).
@@ -232,14 +232,15 @@ class FineTuneHandler:
     def _store(self, ctx: JobContext, spec: ModelSpec, config: TuneConfig, result,
                evaluation: dict[str, Any] | None = None) -> CustomModel:
         """Record the custom model (idempotent: its ids derive from the job's)."""
-        from atelier.tuning.export import pack_adapter
+        from atelier.tuning.config import ADAPTER_METHODS
+        from atelier.tuning.export import pack_adapter, pack_model
 
         metrics = {**result.final_metrics, "trainable_fraction": result.trainable_fraction,
                    "steps": result.steps, "stopped_early": result.stopped_early, "best_step": result.best_step,
                    "training_config": config.applicable_dump(),
                    **({"evaluation": evaluation} if evaluation else {})}
         row = self._custom_models.record(
-            ctx.job, base_model=spec.name, method=config.type, adapter=pack_adapter(result.adapter_dir),
+            ctx.job, base_model=spec.name, method=config.type, adapter=(pack_adapter if config.type in ADAPTER_METHODS else pack_model)(result.adapter_dir),
             trainable_params=result.trainable_params, total_params=result.total_params,
             metrics=json.loads(json.dumps(metrics)), curve=json.loads(json.dumps(result.curve)),
         )  # fmt: skip

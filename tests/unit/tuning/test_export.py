@@ -143,3 +143,40 @@ def test_two_identical_runs_pack_identical_bytes(loaded, split, tmp_path):
         assert config["target_modules"] == sorted(config["target_modules"])
         packed.append(pack_adapter(result.adapter_dir))
     assert packed[0] == packed[1]
+
+
+MODEL_CONFIG = json.dumps({"model_type": "llama", "vocab_size": 259}).encode()
+
+
+def test_a_full_fine_tune_packs_and_unpacks_as_a_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from atelier.tuning.export import pack_model, read_weights, unpack_weights
+
+    model = tiny_loaded().model
+    model.save_pretrained(str(tmp_path / "src"))
+    blob = pack_model(tmp_path / "src")
+    assert blob == pack_model(tmp_path / "src")  # deterministic
+    kind, files = read_weights(blob)
+    assert kind == "model" and sorted(files) == ["config.json", "model.safetensors"]
+    assert unpack_weights(blob, tmp_path / "out") == "model"
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(InvalidInput, match="full fine-tune"):  # the adapter-only readers refuse it
+        unpack_adapter(blob, tmp_path / "adapter")
+    with pytest.raises(InvalidInput, match="has no config.json"):
+        pack_model(tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("members", [
+    {"config.json": MODEL_CONFIG},  # half a model
+    {"config.json": MODEL_CONFIG, "model.safetensors": WEIGHTS, "adapter_config.json": CONFIG},  # kinds mixed
+    {"config.json": json.dumps({"no": "model_type"}).encode(), "model.safetensors": WEIGHTS},
+    {"config.json": MODEL_CONFIG, "model.safetensors": b"\xff" * 8 + b"{}"},
+])
+def test_anything_but_a_plain_model_is_refused(members, tmp_path):
+    from atelier.tuning.export import unpack_weights
+
+    with pytest.raises(InvalidInput) as err:
+        unpack_weights(tar_of(members), tmp_path / "d")
+    assert err.value.param == "adapter" and not (tmp_path / "d").exists()
