@@ -1,4 +1,4 @@
-"""``atelier finetune``: upload a JSONL file, start a LoRA or T-Few job, and (``--wait``) follow it.
+"""``atelier finetune``: upload a JSONL file, start a LoRA, T-Few or full fine-tuning job, and (``--wait``) follow it.
 
 In the spirit of Olive's ``finetune``: one command uploads the data, starts a job with the
 given hyperparameters and, with ``--wait``, follows it with a progress bar showing the live

@@ -20,7 +20,7 @@ from atelier.catalog import Catalog
 from atelier.client import AtelierClient
 from atelier.errors import AtelierError, NotFound
 from atelier.settings import Settings
-from atelier.tuning.export import unpack_adapter
+from atelier.tuning.export import unpack_weights
 
 
 class ExportFormat(str, Enum):
@@ -77,7 +77,7 @@ def export_built(
         ExportError: the base is not here, an optional dependency is missing, the adapter is
             not supported, or ``directory`` holds the files already (without ``force``).
     """
-    from atelier.tuning.merge import merge_adapter
+    from atelier.tuning.merge import complete_model, merge_adapter
     from atelier.tuning.onnx_export import export_onnx, require_onnx_tools
 
     try:
@@ -88,7 +88,11 @@ def export_built(
         packed = client.custom_models.adapter(model_id)
         base_dir = local_base_directory(base, settings)
         with tempfile.TemporaryDirectory(prefix="atelier-export-") as work:
-            adapter_dir = unpack_adapter(packed, Path(work) / "adapter")
+            adapter_dir = Path(work) / "adapter"
+            kind = unpack_weights(packed, adapter_dir)
+            if fmt is ExportFormat.merged and kind == "model":
+                complete_model(base_dir, adapter_dir, directory, overwrite=force, progress=say)
+                return f"wrote the fully fine-tuned model {model_id} (with {base}'s tokenizer) to {directory}"
             if fmt is ExportFormat.merged:
                 merge_adapter(base_dir, adapter_dir, directory, overwrite=force, progress=say)
                 return f"wrote the merged model ({base} + {model_id}) to {directory}"
@@ -97,5 +101,6 @@ def export_built(
     except AtelierError as exc:
         hint = " (pass --force to overwrite)" if exc.param == "directory" and not force else ""
         raise ExportError(exc.message + hint) from None
-    with_adapter = f" with {done.adapter_file.name}" if done.adapter_file else " (adapter merged into the weights)"
+    with_adapter = (f" with {done.adapter_file.name}" if done.adapter_file else
+                    " (a full fine-tune: no adapter)" if kind == "model" else " (adapter merged into the weights)")
     return f"wrote the ONNX Runtime GenAI model ({base} + {model_id}){with_adapter} to {directory}; see README.md"

@@ -55,7 +55,8 @@ def export_model(
     directory: Annotated[Path, typer.Argument(help="Directory to write the files into.")],
     fmt: Annotated[ExportFormat, typer.Option(
         "--format", "-f", case_sensitive=False,
-        help="peft: the adapter as a PEFT directory; merged: base + adapter as one Hugging Face model; "
+        help="peft: the adapter as a PEFT directory; merged: base + adapter as one Hugging Face model (a full "
+        "fine-tune: its weights with the base's tokenizer); "
         "onnx: an ONNX Runtime GenAI model (fp32, CPU) with its adapter (needs the export extra: "
         "pip install 'atelier\\[export]'). merged and onnx are built here, from this machine's copy of the base model.",
     )] = ExportFormat.peft,
@@ -74,5 +75,7 @@ def export_model(
     try:
         unpack_adapter(packed, directory, overwrite=force)
     except InvalidInput as exc:
+        if exc.param != "directory":  # a full fine-tune has no adapter
+            fail(f"{model_id} has no PEFT adapter ({exc.message}): export it with --format merged or onnx")
         fail(exc.message + ("" if force else " (pass --force to overwrite)"))
     typer.echo(f"wrote adapter_config.json and adapter_model.safetensors to {directory}")

@@ -29,6 +29,12 @@ from atelier.errors import InvalidInput, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
+WHOLE_MODEL_QUANTIZATION = "none"
+"""A full fine-tune is served in float whatever its base's quantization: full fine-tuning moves each weight by
+about the learning rate times the steps (1e-4 x 6 = 6e-4 in tests/integration/test_finetune_full.py), below an
+int4 group's rounding step (~1e-2), so int4 rounds the fine-tune back onto the base's grid. Measured there: the
+fine-tuned SmolLM2-135M answers "Q" in float and int8, the base's "I" in int4."""
+
 
 @runtime_checkable
 class EngineClient(Protocol):
@@ -116,8 +122,8 @@ class LocalEngine:
 
     A full fine-tune (a directory with a model's ``config.json`` and ``model.safetensors``
     instead of an adapter) takes a slot the same way, but it is a whole model: it gets its own
-    scheduler (its own thread and KV cache), the base's tokenizer and quantization, and its
-    bytes count against the same budget.
+    scheduler (its own thread and KV cache), the base's tokenizer, float weights
+    (``WHOLE_MODEL_QUANTIZATION``), and its bytes count against the same budget.
     """
 
     def __init__(self, catalog, settings, preloaded: dict[str, Any] | None = None):
@@ -251,10 +257,9 @@ class LocalEngine:
     def _add_whole(self, model: str, key: str, directory: Path, base: Scheduler) -> int:
         """A full fine-tune of ``model`` in a slot of its own, on a scheduler of its own (see the class docstring)."""
         spec = self._catalog.get(model, kind="chat")
-        try:
+        try:  # float weights: see WHOLE_MODEL_QUANTIZATION
             loaded = in_fresh_thread(lambda: load_full_model(
-                spec, directory, base.loaded, self._settings.device,
-                self._settings.quantization_of(model, spec.quantization)))
+                spec, directory, base.loaded, self._settings.device, WHOLE_MODEL_QUANTIZATION))
         except InvalidInput:
             raise
         except Exception as exc:  # noqa: BLE001

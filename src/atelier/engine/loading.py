@@ -151,7 +151,8 @@ def load_full_model(spec: ModelSpec, directory: Path, base: LoadedModel, device:
                     quantization: str = "none") -> LoadedModel:
     """Load a full fine-tune of the catalog model ``spec`` (``config.json`` + ``model.safetensors``) for inference.
 
-    It keeps the base's tokenizer and is quantized like the base when served.
+    It keeps the base's tokenizer; ``quantization`` is what the engine serves it with (float: see
+    ``engine.client.WHOLE_MODEL_QUANTIZATION``).
 
     Args:
         directory: The fine-tune's files (``tuning.recipe`` wrote them with ``save_pretrained``).

@@ -182,21 +182,24 @@ class JobCheckpoints:
 
     @contextmanager
     def kept_while_resumable(self, ctx: JobContext) -> Iterator[None]:
-        """Run a handler's body, then discard the stored checkpoint unless the job will run again.
+        """Run a handler's body, then discard the stored checkpoint and the work directory unless the job will run
+        again.
 
         Kept when the handler stops for a shutdown or a lost lease (the job resumes); discarded
-        when it returns, fails, or stops on a cancel (the job has ended for good).
+        when it returns, fails, or stops on a cancel (the job has ended for good). The work
+        directory goes too: its checkpoints and trained weights are plaintext, and what the job
+        produced is kept sealed elsewhere (weights at rest exist only encrypted).
         """
         try:
             yield
         except JobStopped:
             if ctx.stop_reason == "cancel_requested":
-                self._discard_quietly(ctx.job)
+                self._discard_quietly(ctx)
             raise
         except Exception:  # not BaseException: a worker quitting at once (second Ctrl+C) leaves it
-            self._discard_quietly(ctx.job)
+            self._discard_quietly(ctx)
             raise
-        self._discard_quietly(ctx.job)
+        self._discard_quietly(ctx)
 
     # --- slots ---------------------------------------------------------------------------
 
@@ -218,11 +221,16 @@ class JobCheckpoints:
             found.append(Stored(object_id, path, step, archive))
         return max(found, key=lambda s: s.step, default=None)
 
-    def _discard_quietly(self, job: Job) -> None:
+    def _discard_quietly(self, ctx: JobContext) -> None:
         try:
-            self.discard(job)
+            self.discard(ctx.job)
         except Exception:  # noqa: BLE001 - never hides how the handler ended; at worst an object stays
-            log.warning("job %s: stored checkpoint not discarded", job.id, exc_info=True)
+            log.warning("job %s: stored checkpoint not discarded", ctx.job.id, exc_info=True)
+        for entry in list(ctx.workdir.iterdir()) if ctx.workdir.is_dir() else ():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def _delete(self, job: Job, object_id: str) -> None:
         try:

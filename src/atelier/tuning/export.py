@@ -230,6 +230,12 @@ def unpack_adapter(data: bytes, directory: Path, *, overwrite: bool = False) -> 
     return Path(directory)
 
 
+def weights_kind(directory: Path) -> str:
+    """What a directory of a custom model's weights holds: "model" (a full fine-tune) or "adapter"."""
+    directory = Path(directory)
+    return "model" if (directory / MODEL_CONFIG_FILE).is_file() and not (directory / CONFIG_FILE).exists() else "adapter"
+
+
 def sort_module_lists(config_path: Path) -> None:
     """Sort the module-name lists of a PEFT ``adapter_config.json`` so identical runs write identical bytes."""
     config = json.loads(config_path.read_text())

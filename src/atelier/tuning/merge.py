@@ -4,7 +4,8 @@
 PEFT's own ``merge_and_unload`` (LoRA: ``W ← W + (α/r)·B·A``; IA3: ``W ← W·diag(l)`` for a
 feed-forward module, ``W ← diag(l)·W`` otherwise), then writes ``model.safetensors``,
 ``config.json``, ``generation_config.json`` and the base's tokenizer files, which
-``transformers.AutoModelForCausalLM.from_pretrained`` loads like any model.
+``transformers.AutoModelForCausalLM.from_pretrained`` loads like any model. A full fine-tune has
+nothing to merge: ``complete_model`` writes its weights and config with the base's tokenizer.
 ``publish_directory`` moves a finished export into place without clobbering files by surprise.
 This module knows directories and PEFT; nothing of the catalog, the service or its tenants.
 """
@@ -130,5 +131,44 @@ def merge_adapter(
     with staging_directory(directory) as staging:
         progress(f"writing the merged model to {directory}")
         model.save_pretrained(staging, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(staging)
+        return publish_directory(staging, directory, overwrite=overwrite)
+
+
+def complete_model(
+    base_dir: Path, model_dir: Path, directory: Path, *, overwrite: bool = False, progress: Progress = quiet
+) -> Path:
+    """Write a full fine-tune (``config.json`` + ``model.safetensors``) as a complete Hugging Face model directory.
+
+    Its weights and config are copied as they are; the base's ``generation_config.json`` and
+    tokenizer files are added (a full fine-tune keeps its base's tokenizer).
+
+    Args:
+        base_dir: the base model's Hugging Face directory.
+        model_dir: the full fine-tune's files (``tuning.export.unpack_weights`` of a ``model`` blob).
+        directory: where to write (created if missing; may hold other files).
+        overwrite: replace model files already there (otherwise refuse).
+        progress: told about each slow step.
+
+    Returns:
+        ``directory``, holding the same files as ``merge_adapter`` writes.
+
+    Raises:
+        InvalidInput: ``model_dir`` is not a full fine-tune, or ``directory`` already holds
+            model files and ``overwrite`` is False.
+    """
+    from transformers import AutoTokenizer
+
+    from atelier.tuning.export import MODEL_FILES
+
+    missing = [name for name in MODEL_FILES if not (Path(model_dir) / name).is_file()]
+    if missing:
+        raise InvalidInput(f"{model_dir} holds no {', '.join(missing)} (not a full fine-tune)", param="adapter")
+    with staging_directory(directory) as staging:
+        progress(f"writing the fine-tuned model with its base's tokenizer to {directory}")
+        for name in MODEL_FILES:
+            shutil.copyfile(Path(model_dir) / name, staging / name)
+        if (Path(base_dir) / "generation_config.json").is_file():
+            shutil.copyfile(Path(base_dir) / "generation_config.json", staging / "generation_config.json")
         AutoTokenizer.from_pretrained(base_dir).save_pretrained(staging)
         return publish_directory(staging, directory, overwrite=overwrite)

@@ -12,7 +12,8 @@ default is zeros (so ``model.onnx`` alone is the base model) and its trained val
 of the same base and target modules loads on the same ``model.onnx``.
 
 ORT GenAI's adapters are LoRA only: an IA3 (T-Few) adapter is merged first (``merge.py``)
-and the ONNX model is of the merged weights, with no adapter file.
+and the ONNX model is of the merged weights, with no adapter file; a full fine-tune is built
+from its own weights (``merge.complete_model``), with no adapter file either.
 This module knows directories, ONNX and PEFT files; nothing of the catalog or the service.
 """
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atelier.errors import InvalidInput, Unavailable
-from atelier.tuning.export import CONFIG_FILE
+from atelier.tuning.export import CONFIG_FILE, weights_kind
 from atelier.tuning.merge import (
     Progress,
     adapter_type,
+    complete_model,
     merge_adapter,
     publish_directory,
     quiet,
@@ -141,13 +143,15 @@ def extract_lora_adapter(model_dir: Path, adapter_file: Path) -> int:
     return len(params)
 
 
-def _note(title: str, lora: bool) -> str:
+def _note(title: str, lora: bool, whole: bool = False) -> str:
     """The README written beside the model: what it is and how to run it (greedy, the model's chat template)."""
     about = (
         f"`{ADAPTER_FILE}` holds the adapter (ONNX Runtime multi-LoRA). `{MODEL_FILE}` alone is the *base* model:\n"
         "its LoRA inputs default to zeros, so activate the adapter as below. Adapters of other LoRA exports of\n"
         "the same base and target modules (any rank) load on this model too.\n"
         if lora
+        else "A full fine-tune: every weight of the model is the fine-tuned one (no adapter).\n"
+        if whole
         else "The adapter (IA3 / T-Few) is merged into the weights: ORT GenAI's adapters are LoRA only.\n"
     )
     load = f'adapters = og.Adapters(model)\nadapters.load("{ADAPTER_FILE}", "custom")\n' if lora else ""
@@ -204,20 +208,23 @@ def export_onnx(
             already holds these files and ``overwrite`` is False.
     """
     require_onnx_tools()
-    lora = adapter_type(adapter_dir) == "LORA"
+    whole = weights_kind(adapter_dir) == "model"
+    lora = not whole and adapter_type(adapter_dir) == "LORA"
     if lora:
         _check_lora(adapter_dir)
     with staging_directory(directory) as work:
         built = work / "model"
         source, adapter_path = base_dir, adapter_dir
-        if not lora:
+        if whole:
+            source, adapter_path = complete_model(base_dir, adapter_dir, work / "merged", progress=progress), None
+        elif not lora:
             source, adapter_path = merge_adapter(base_dir, adapter_dir, work / "merged", progress=progress), None
         progress("building the ONNX model with ONNX Runtime GenAI's model builder (fp32, CPU)")
         run_model_builder(Path(source), built, work, adapter_path)
         if lora:
             progress(f"extracting the LoRA weights into {ADAPTER_FILE}")
             extract_lora_adapter(built, built / ADAPTER_FILE)
-        (built / NOTE_FILE).write_text(_note(title, lora))
+        (built / NOTE_FILE).write_text(_note(title, lora, whole))
         publish_directory(built, directory, overwrite=overwrite)
     return OnnxExport(Path(directory), Path(directory) / ADAPTER_FILE if lora else None)
 

@@ -178,7 +178,7 @@ def test_options_become_the_training_config_and_bounds_are_checked_before_any_re
         "target_modules": ["q_proj", "v_proj"], "save_best_adapter": False,
     }  # fmt: skip
     sent.clear()
-    for bad in (["--lora-r", "65"], ["--learning-rate", "0"], ["--method", "full"], ["--warmup-ratio", "0.9"]):
+    for bad in (["--lora-r", "65"], ["--learning-rate", "0"], ["--method", "prefix"], ["--warmup-ratio", "0.9"]):
         refused = CliRunner().invoke(app, ["finetune", "-m", "tiny", "-d", str(data), *bad], obj=state)
         assert refused.exit_code == 2, (bad, refused.output)
     assert sent == []

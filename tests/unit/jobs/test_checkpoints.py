@@ -102,6 +102,7 @@ def test_the_stored_checkpoint_is_discarded_once_the_job_ends_for_good(checkpoin
             ctx.request_stop(ending)
             ctx.raise_if_stopped()
     assert bool(stored(objects, job)) is kept
+    assert any(ctx.workdir.iterdir()) is kept  # the plaintext work files go with the job's end
 
 
 def test_a_store_that_fails_is_reported_and_training_goes_on(checkpoints, objects, job, queue, alice, tmp_path,

@@ -3,7 +3,8 @@
 Policies decide on resource type ``custom-models``; a custom model the caller may not
 inspect answers 404 exactly like a missing one. ``GET /v1/custom-models/{id}/adapter``
 returns the packed PEFT adapter (a tar of ``adapter_config.json`` and
-``adapter_model.safetensors``) for ``atelier models export``; it needs ``get``.
+``adapter_model.safetensors``), or for a full fine-tune its model (a tar of ``config.json`` and
+``model.safetensors``), for ``atelier models export``; it needs ``get``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ TYPE = "custom-models"
 
 
 class CustomModelOut(BaseModel):
-    """A fine-tuned adapter over a base model."""
+    """A fine-tuned adapter over a base model, or a fully fine-tuned copy of it (``method`` full)."""
 
     id: str = Field(description="Use it as `model` in chat and completions.")
     object: Literal["custom_model"] = "custom_model"
     name: str = Field(description="`ft:<base>:[<suffix>:]<job id>`.")
     base_model: str
-    method: str = Field(description="`lora` or `tfew`.")
+    method: str = Field(description="`lora`, `tfew` or `full` (every weight trained: a whole model of the tenancy's).")
     fine_tuning_job_id: str | None
     trainable_params: int
     total_params: int
@@ -74,11 +75,13 @@ def retrieve_custom_model(custom_model_id: str, guard: GuardDep) -> CustomModelO
 @router.get(
     "/custom-models/{custom_model_id}/adapter",
     response_class=Response,
-    responses={200: {"content": {"application/x-tar": {}}, "description": "The packed PEFT adapter."}},
+    responses={200: {"content": {"application/x-tar": {}},
+                     "description": "The packed PEFT adapter (a full fine-tune: its packed model)."}},
     summary="Download a custom model's adapter",
 )
 def download_adapter(custom_model_id: str, services: ServicesDep, guard: GuardDep) -> Response:
-    """The adapter as a tar of `adapter_config.json` and `adapter_model.safetensors` (PEFT's format)."""
+    """The adapter as a tar of `adapter_config.json` and `adapter_model.safetensors` (PEFT's format); for a full
+    fine-tune, a tar of `config.json` and `model.safetensors`."""
     row = guard.load(TYPE, custom_model_id, "get")
     return Response(services.custom_models.adapter(guard.principal, row.id), media_type="application/x-tar")
 
