@@ -143,6 +143,7 @@ def test_after_kill_9_a_node_without_the_work_directory_resumes_from_the_object_
     restored = [e.data["step"] for e in service.events(job_id) if (e.data or {}).get("type") == "checkpoint_restored"]
     [resumed] = service.steps(job_id, "resumed")
     assert restored == [resumed] and saved <= resumed <= reached, (restored, resumed, saved, reached)
-    assert (node_b / "jobs" / job_id / "checkpoints").is_dir()  # node B trained in its own work directory
+    work_b = node_b / "jobs" / job_id  # node B trained in its own work directory (restored into it), now emptied
+    assert work_b.is_dir() and not any(work_b.iterdir())
     service.assert_same_adapter(job_id, reference)
     assert not stored_checkpoints(service)
