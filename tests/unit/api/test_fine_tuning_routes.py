@@ -102,7 +102,7 @@ def finished(client, app):
 def test_a_job_runs_to_a_custom_model(finished, client, app):
     created, job = finished
     assert created["status"] == "queued" and created["object"] == "fine_tuning.job"
-    assert created["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 50.0}
+    assert created["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10.0}
     assert created["training_config"]["lora_r"] == 4 and created["seed"] == 42
     assert job["status"] == "succeeded", job
     model_id = job["fine_tuned_model"]

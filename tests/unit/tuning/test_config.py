@@ -10,7 +10,7 @@ from atelier.tuning.config import TuneConfig
 
 def test_lora_defaults():
     c = TuneConfig()
-    assert (c.type, c.total_training_epochs, c.training_batch_size, c.learning_rate) == ("lora", 3, 8, 2e-4)
+    assert (c.type, c.total_training_epochs, c.training_batch_size, c.learning_rate) == ("lora", 3, 8, 1e-3)
     assert (c.early_stopping_patience, c.early_stopping_threshold) == (15, 1e-4)
     assert c.log_model_metrics_interval_in_steps == 10 and c.checkpoint_interval == 10
     assert (c.lora_r, c.lora_alpha) == (8, 16)
@@ -98,7 +98,7 @@ def test_settings_of_the_other_method_are_refused(method, field, value):
 def test_openai_hyperparameters_map_onto_oci_names():
     c = TuneConfig.from_request(None, {"n_epochs": 5, "batch_size": 4, "learning_rate_multiplier": 2})
     assert (c.total_training_epochs, c.training_batch_size) == (5, 4)
-    assert c.learning_rate == pytest.approx(4e-4)
+    assert c.learning_rate == pytest.approx(2e-3)
     tfew = TuneConfig.from_request({"type": "tfew"}, {"learning_rate_multiplier": 0.5})
     assert tfew.learning_rate == pytest.approx(5e-3)
 
