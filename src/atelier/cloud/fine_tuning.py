@@ -254,6 +254,9 @@ class FineTuningService:
                     raise InvalidInput(f"file {file_id!r} was uploaded for {row.purpose!r}, not 'fine-tune'",
                                        param=param)
         search = _search(body, config)
+        hyper = _hyperparameters(body) or {}
+        auto = "total_training_epochs" not in (body.training_config or {}) and hyper.get("n_epochs") in (None, "auto")
+        shown = {**openai_hyperparameters(config), **({"n_epochs": "auto"} if auto else {})}
         payload = {
             "search": search,
             "evaluation": _evaluation(body),
@@ -261,7 +264,8 @@ class FineTuningService:
             "training_file": body.training_file,
             "validation_file": body.validation_file,
             "training_config": config.applicable_dump(),
-            "hyperparameters": openai_hyperparameters(config),
+            "hyperparameters": shown,
+            "epochs": "auto" if auto else None,  # resolved by the worker from the training examples (auto_epochs)
             "method": "supervised",
             "suffix": body.suffix,
             "seed": config.seed,

@@ -40,7 +40,7 @@ from atelier.store.files import FileStore
 from atelier.store.jobs import JobQueue
 from atelier.store.objects import ObjectStore
 from atelier.store.tables import CustomModel
-from atelier.tuning.config import TuneConfig
+from atelier.tuning.config import TuneConfig, auto_epochs
 from atelier.tuning.data import load_examples, split_examples
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,12 @@ class FineTuneHandler:
                                 min_examples=1, param="validation_file")
         else:
             train, val = split_examples(examples, config.validation_split, config.seed)
+        if payload.get("epochs") == "auto":  # n_epochs "auto": from the number of training examples
+            epochs = auto_epochs(len(train))
+            config = config.model_copy(update={"total_training_epochs": epochs})
+            payload = {**payload, "training_config": {**payload["training_config"], "total_training_epochs": epochs}}
+            ctx.emit(f"n_epochs auto: {epochs} epochs for {len(train)} training examples",
+                     {"type": "message", "n_epochs": epochs})
         ctx.raise_if_stopped()
         loaded = self._load_model(spec)  # fresh for this job: QLoRA may quantize it for good
         if config.quantize_base != "none":

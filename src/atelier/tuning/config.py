@@ -27,6 +27,21 @@ T-Few: 3e-3 0.342 / 3.495, 1e-2 0.169 / 3.241, 3e-2 0.081 / 3.359 (overfits the 
 OCI's 1e-2 stays. Every run's loss still fell at epoch 3 but one: 3 epochs stay. ``full`` (2e-5) is the usual
 full fine-tuning rate, not measured here."""
 
+AUTO_EPOCHS = (3, 100, 25_000, 25)
+"""``n_epochs: "auto"``: 3 epochs, but at least 100 and at most 25,000 example passes, within 1..25 epochs (the rule
+of OpenAI's fine-tuning cookbook, "Data preparation and analysis for chat model fine-tuning")."""
+
+
+def auto_epochs(n_examples: int) -> int:
+    """The epochs ``"auto"`` trains ``n_examples`` training examples for (``AUTO_EPOCHS``)."""
+    target, least, most, cap = AUTO_EPOCHS
+    if n_examples * target < least:
+        return min(cap, least // max(n_examples, 1))
+    if n_examples * target > most:
+        return max(1, most // n_examples)
+    return target
+
+
 ADAPTER_METHODS: tuple[str, ...] = ("lora", "tfew")
 """Methods that train an adapter over the frozen base; ``full`` trains every weight of a copy of it."""
 

@@ -426,3 +426,29 @@ def test_handler_fails_fast_on_a_bad_file_without_loading_the_model(client, app)
     with pytest.raises(InvalidInput) as caught:
         handler(claimed(app, job.id))
     assert "line 5:" in caught.value.message and not loads
+
+
+def test_epochs_left_to_auto_follow_the_number_of_training_examples(client, app):
+    from atelier.tuning.config import auto_epochs
+
+    unset = {k: v for k, v in SMALL.items() if k != "total_training_epochs"}
+    job = create(client, upload(client, examples()), training_config=unset, hyperparameters={"n_epochs": "auto"})
+    assert job["hyperparameters"]["n_epochs"] == "auto"
+    assert run_worker(app)
+    done = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
+    [trained] = [e["data"] for e in events if (e.get("data") or {}).get("train_examples")]
+    [auto] = [e for e in events if e["message"].startswith("n_epochs auto")]
+    epochs = auto_epochs(trained["train_examples"])
+    assert trained["train_examples"] == 10 and epochs == 10 and auto["data"]["n_epochs"] == epochs
+    row = client.get(f"/v1/custom-models/{done['fine_tuned_model']}").json()
+    assert row["curve"][-1]["total_steps"] == epochs * 3  # 10 examples in batches of 4: 3 steps an epoch
+    given = create(client, upload(client, examples()), training_config=unset, hyperparameters={"n_epochs": 2})
+    assert given["hyperparameters"]["n_epochs"] == 2
+
+
+@pytest.mark.parametrize(("n", "epochs"), [(1, 25), (10, 10), (16, 6), (33, 3), (34, 3), (8_333, 3), (10_000, 2)])
+def test_auto_epochs_is_openais_rule(n, epochs):
+    from atelier.tuning.config import auto_epochs
+
+    assert auto_epochs(n) == epochs
