@@ -13,7 +13,7 @@ sets only the epochs (``--epochs``, 2), the batch size (8) and the seed. Parts (
 ``headlines`` (``bench/finetune_headlines.py``)
     an article's title from its first two sentences (short generation): loss, token accuracy,
     and ROUGE-L / exact match of the greedy answer generated through Atelier's engine, for the
-    base zero-shot and k-shot, and after LoRA and T-Few (160 / 100 held-out by default).
+    base zero-shot and k-shot, and after LoRA and T-Few (160 / 80 held-out by default).
 ``memory`` (``bench/finetune_train.py``)
     tokens/s, peak RSS and RSS while training over the same first S optimizer steps, Atelier's
     recipe against ``transformers.Trainer`` (+ PEFT) on the same batches: LoRA, T-Few, QLoRA
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--heldout", type=int, default=200, help="topic held-out articles (default 200)")
     ap.add_argument("--shots", type=int, default=5, help="k of the k-shot rows (default 5: one per topic)")
     ap.add_argument("--headline-train", type=int, default=160, help="headline training articles (default 160)")
-    ap.add_argument("--headline-heldout", type=int, default=100, help="headline held-out articles (default 100)")
+    ap.add_argument("--headline-heldout", type=int, default=80, help="headline held-out articles (default 80)")
     ap.add_argument("--max-new-tokens", type=int, default=24, help="longest generated headline (default 24)")
     ap.add_argument("--epochs", type=int, default=2, help="training epochs of LoRA and T-Few (default 2; 0: TuneConfig's)")
     ap.add_argument("--batch-size", type=int, default=8, help="training batch size (default 8)")
@@ -90,8 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tfew-lr", type=float, default=None, help="T-Few learning rate (default: TuneConfig's)")
     ap.add_argument("--measure-steps", type=int, default=4, help="optimizer steps of the memory runs (default 4)")
     ap.add_argument("--search-trials", type=int, default=6, help="trials of the search (default 6)")
-    ap.add_argument("--search-fit", type=int, default=96, help="search: fit part of the training split (default 96)")
-    ap.add_argument("--search-val", type=int, default=64, help="search: validation part (default 64)")
+    ap.add_argument("--search-fit", type=int, default=64, help="search: fit part of the training split (default 64)")
+    ap.add_argument("--search-val", type=int, default=48, help="search: validation part (default 48)")
     ap.add_argument("--max-lead-chars", type=int, default=240, help="cut the two-sentence lead here (default 240)")
     ap.add_argument("--seed", type=int, default=0, help="split, training and search seed (default 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores not busy now)")
