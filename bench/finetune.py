@@ -340,13 +340,13 @@ def report(args, out: dict) -> list[str]:
                   table(("run", "trainable", "tok/s", "Trainer", "ratio", "peak MB", "Trainer", "ratio", "train MB",
                          "Trainer", "ratio"), body)]
         lines += [f"  {n}: {note}" for n, note in m["notes"].items()]
-        lines.append("  peak MB: getrusage max RSS of the run's process (model and loading included); train MB: RSS "
+        lines.append("  peak MB: peak RSS (VmHWM) of the run's process (model and loading included); train MB: RSS "
                      "after each step, max (loading excluded)")
     if "search" in out:
         s = out["search"]
         lines += ["", (f"Search (run_search, TPE + median pruner): {len(s['trials'])} trials on fit {s['fit']} / "
                   f"validation {s['validation']} of the topic training split, {s['seconds']:.0f} s; * = best"),
-                  table(("trial", "state", "settings", "valid loss per epoch", "best valid loss"), trials_table(s))]
+                  table(("trial", "state", "settings", "valid loss per epoch", "value (best; pruned: last)"), trials_table(s))]
     return lines
 
 

@@ -16,7 +16,7 @@ Grid (flags to change it): LoRA r 8 at learning rates 2e-4, 5e-4, 1e-3, 2e-3, th
 the best of those (lowest validation loss at any epoch); T-Few at 3e-3, 1e-2, 3e-2; 3 epochs.
 The base model's zero-shot scores on the same validation part are the first row of each task.
 
-Run: ``.venv/bin/python bench/finetune_defaults.py`` (about 25 minutes on 2 cores; ``--help``).
+Run: ``.venv/bin/python bench/finetune_defaults.py`` (about 29 minutes on 2 idle cores; ``--help``).
 Prints a table per task and a summary; writes ``bench/results/finetune_defaults-<time>.json``.
 """
 

@@ -13,7 +13,7 @@ A run trains one method with one engine on (prompt, answer) pairs:
 
 Cost figures: tokens/s counts the non-padding input tokens (prompt + answer) of optimizer
 steps 2..S divided by their wall time (step 1 is warm-up), S = ``measure_steps``; peak RSS is
-the process's (``getrusage``: there is no allocator statistic for CPU tensors), model and
+the process's (``VmHWM``: there is no allocator statistic for CPU tensors), model and
 loading included; training RSS is sampled after each of steps 1..S (loading excluded; glibc
 keeps freed memory, so it is a high-water mark). A memory run stops after S steps
 (``max_steps``) for both engines; a quality run trains to the end and keeps its adapter.
@@ -56,6 +56,16 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    """The process's peak RSS since it started (``VmHWM``). Not ``getrusage``'s ``ru_maxrss``: Linux carries the
+    parent's RSS at fork over into a child's across ``exec``, so a worker of a large parent would report at least that.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; see above
 
 
 def _train_trainer(config, loaded, train, steps, S: int, workdir: str, clock, full: bool) -> int:
@@ -165,7 +175,7 @@ def worker(spec: dict) -> dict:
     if len(times) >= S >= 2:
         out["tokens_per_s"] = sum(step_tokens[1:S]) / (times[S - 1] - times[0])
     out["step_seconds"] = [b - a for a, b in zip([t0, *times], times)][:S]
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    out["peak_rss_mb"] = peak_rss_mb()
     out["training_rss_mb"] = max(rss_training[:S]) if rss_training else None  # the same steps for both engines
     out["measured_steps"] = f"2..{S}"
     return out
