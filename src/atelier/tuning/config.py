@@ -170,6 +170,8 @@ class TuneConfig(BaseModel):
             data["learning_rate"] = DEFAULT_LEARNING_RATE[method]
         if method in DEFAULT_TARGET_MODULES and data.get("target_modules") is None:
             data["target_modules"] = DEFAULT_TARGET_MODULES[method]
+        elif method not in DEFAULT_TARGET_MODULES and data.get("target_modules", ()) is None:
+            del data["target_modules"]  # a full config's own dump says None: it has none
         if data.get("feedforward_modules") is None:
             data["feedforward_modules"] = DEFAULT_FEEDFORWARD_MODULES if method == "tfew" else ()
         if data.get("lora_alpha") is None:

@@ -46,6 +46,11 @@ def test_full_refuses_the_adapter_settings(field, value):
             TuneConfig(type="full", **{field: value})
 
 
+def test_a_full_config_reads_its_own_dump_back():
+    config = TuneConfig(type="full", learning_rate=1e-5)
+    assert TuneConfig.model_validate(config.model_dump(mode="json")) == config
+
+
 def test_full_has_its_own_default_learning_rate():
     assert TuneConfig(type="full").learning_rate == 2e-5
     assert TuneConfig.from_request({"type": "full"}, {"learning_rate_multiplier": 2}).learning_rate == 4e-5
