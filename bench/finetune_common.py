@@ -170,7 +170,7 @@ def completion_scores(model, examples, first_ids: list[int] | None = None, batch
     example at a time, up to float summation order.
     """
     from atelier.tuning.data import IGNORE_INDEX
-    from atelier.tuning.recipe import collate
+    from atelier.tuning.schedule import collate
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = causal.get_decoder(), causal.get_output_embeddings()

@@ -45,7 +45,7 @@ from bench.finetune_common import examples_of, load_model
 
 def step_batches(n: int, config) -> list[list[int]]:
     """Example indices of each optimizer step of epoch 0, as the recipe visits them."""
-    from atelier.tuning.recipe import epoch_order
+    from atelier.tuning.schedule import epoch_order
 
     order = epoch_order(n, config.seed, 0)
     bs = config.training_batch_size
@@ -72,7 +72,7 @@ def _train_trainer(config, loaded, train, steps, S: int, workdir: str, clock, fu
     """``transformers.Trainer`` (+ PEFT unless full) over the recipe's first S batches; returns trainable params."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from atelier.tuning.recipe import collate
+    from atelier.tuning.schedule import collate
 
     pad = loaded.tokenizer.pad_token_id
     pad = pad if isinstance(pad, int) else 0

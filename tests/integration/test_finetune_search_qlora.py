@@ -11,10 +11,11 @@ steps: the defaults, 1e-3 and n_epochs auto's 12 steps, got one of three).
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
+
+from tests.integration.test_finetune_full import wait as finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,15 +26,6 @@ TRAIN = [f"Say {w}" for w in ("red", "blue", "green", "gold", "pink", "gray", "t
 TEST = ["Name a fruit", "Say hello", "Pick a city"]
 BASE = {"total_training_epochs": 3, "training_batch_size": 8, "log_model_metrics_interval_in_steps": 2,
         "early_stopping_patience": 0, "validation_split": 0.2}
-
-
-def finished(client, job, server, limit=900):
-    deadline = time.monotonic() + limit
-    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, server.stderr()
-        time.sleep(1.0)
-    assert job.status == "succeeded", (job.error, server.stderr())
-    return job
 
 
 def answers(client, model):

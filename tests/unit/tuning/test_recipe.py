@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from atelier.errors import Conflict, InvalidInput
 from atelier.tuning.config import TuneConfig
-from atelier.tuning.recipe import epoch_order, learning_rate_at, run
+from atelier.tuning.recipe import run
+from atelier.tuning.schedule import epoch_order, learning_rate_at
 
 METRIC_KEYS = {
     "type", "step", "total_steps", "epoch", "train_loss", "valid_loss", "valid_token_accuracy",
